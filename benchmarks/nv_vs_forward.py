@@ -1,0 +1,83 @@
+"""Time of a whole-network NV measure vs the bare forward pass, in one run.
+
+    python benchmarks/nv_vs_forward.py [--n 1000] [--t 16] [--batch-size 128]
+
+Three compiled programs over the same N × T transformed MNIST-shaped images
+(SimpleConv, every layer tapped), each a `lax.scan` over batches:
+  forward: transform + forward pass, logits summed (so nothing is elided);
+  floor:   forward + one read (a sum) of every tapped activation;
+  measure: `invjax.measure` with normalized variance on every layer.
+Reports median wall times and the ratios measure/forward and measure/floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import invjax
+from invjax import measures as ms
+from invjax import models
+from invjax import transforms as tr
+
+
+def _time(fn, repeats):
+  jax.block_until_ready(fn())                       # compile + warm up
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--n", type=int, default=1000)
+  p.add_argument("--t", type=int, default=16)
+  p.add_argument("--batch-size", type=int, default=128)
+  p.add_argument("--channels", type=int, default=32)
+  p.add_argument("--repeats", type=int, default=3)
+  args = p.parse_args()
+
+  model = models.SimpleConv(num_classes=10, channels=args.channels)
+  images = np.random.default_rng(0).uniform(
+      size=(args.n, 28, 28, 1)).astype(np.float32)
+  variables = model.init(jax.random.PRNGKey(0), images[:1])
+  acts = invjax.capture.linen(model, variables)
+  ts = tr.rotation(np.linspace(-180, 180, args.t, endpoint=False))
+  b = args.batch_size
+  nb = -(-args.n // b)
+  padded = np.concatenate([images, images[:nb * b - args.n]])
+  batches = jnp.asarray(padded.reshape(nb, b, 28, 28, 1))
+
+  def scan_over(read):
+    def body(total, x):
+      xt = jax.vmap(ts.apply)(x).reshape((-1, 28, 28, 1))
+      return total + read(xt), None
+    return jax.jit(lambda params, data: jax.lax.scan(
+        body, jnp.zeros(()), data)[0])
+
+  forward = scan_over(lambda x: model.apply(variables, x).sum())
+  floor = scan_over(lambda x: sum(a.sum() for a in acts(x).values()))
+  nv = ms.normalized_variance()
+
+  t_forward = _time(lambda: forward(variables, batches), args.repeats)
+  t_floor = _time(lambda: floor(variables, batches), args.repeats)
+  t_measure = _time(lambda: invjax.measure(acts, images, ts, nv, batch_size=b)
+                    .per_layer, args.repeats)
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+        f"N={args.n}, T={args.t}, batch={b}, layers={len(acts.layer_names(images[:1]))}")
+  print(f"forward  {t_forward * 1e3:9.1f} ms")
+  print(f"floor    {t_floor * 1e3:9.1f} ms  (forward + one read of every tap)")
+  print(f"measure  {t_measure * 1e3:9.1f} ms  (NV, every layer)")
+  print(f"measure/forward = {t_measure / t_forward:.2f}x   "
+        f"measure/floor = {t_measure / t_floor:.2f}x")
+
+
+if __name__ == "__main__":
+  main()

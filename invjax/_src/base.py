@@ -1,0 +1,151 @@
+"""The one abstraction every invjax measure implements.
+
+A measure is a `Measure`: a small NamedTuple of pure functions over *mergeable
+statistics*, in the spirit of optax's `GradientTransformation`:
+
+    state = measure.init(spec)                  # per layer
+    state = measure.update(state, block)        # block.x: (B, T, *shape)
+    state = measure.merge(state_a, state_b)     # across chunks / devices
+    outputs = measure.finalize(state)           # {"values": (*shape), ...}
+
+`invjax.measure` streams a dataset through these functions inside one compiled
+XLA program (`lax.scan` over sample batches). The same per-block maths is
+available without streaming through `Measure.__call__(block)`, which is a plain,
+differentiable function suitable for training losses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+State = Any
+
+
+class LayerSpec(NamedTuple):
+  """Static description of one tapped layer, handed to `Measure.init`.
+
+  Attributes:
+    name: layer path, e.g. ``"Conv_0"``.
+    shape: activation shape of one sample, without the batch axis.
+    dtype: activation dtype.
+    num_transformations: T, the size of the transformation set (unpadded).
+    num_padded_transformations: T rounded up to a multiple of the transform
+      chunk; rows past T are padding (`Block.t_mask` is False there).
+    batch_size: B, the number of samples in every block.
+  """
+  name: str
+  shape: tuple[int, ...]
+  dtype: Any
+  num_transformations: int
+  num_padded_transformations: int
+  batch_size: int
+
+
+class Block(NamedTuple):
+  """One (sample batch × transformation chunk) tile of one layer.
+
+  Attributes:
+    x: (B, Tc, *shape) activations of the transformed samples. For measures
+      with ``needs_inverse`` the inverse transformation has been applied to
+      each feature map first (same-equivariance).
+    mask: (B,) bool, False for padding samples.
+    t_index: (Tc,) int32 global index of each transformation in the set.
+    t_mask: (Tc,) bool, False for padding transformations.
+    first: () bool, True on the first transformation chunk of a batch.
+    last: () bool, True on the last transformation chunk of a batch.
+    labels: (B,) int32 class labels, or None when none were given.
+    identity: (B, *shape) activations of the untransformed samples when the
+      measure sets ``needs_identity``, else None.
+    pass_index: which pass over the data this is (Python int; multi-pass
+      measures only).
+  """
+  x: Array
+  mask: Array
+  t_index: Array
+  t_mask: Array
+  first: Array
+  last: Array
+  labels: Array | None = None
+  identity: Array | None = None
+  pass_index: int = 0
+
+
+class Measure(NamedTuple):
+  """A measure as pure functions over mergeable per-layer statistics.
+
+  Attributes:
+    name: short name, e.g. ``"normalized_variance"``.
+    init: ``LayerSpec -> state``.
+    update: ``(state, Block) -> state``. Must ignore rows with ``mask`` False
+      and columns with ``t_mask`` False.
+    merge: ``(state, state) -> state``: combine statistics of disjoint sample
+      sets (between whole batches).
+    finalize: ``state -> {"values": (*shape), ...}``. A ratio measure also
+      returns ``"numerator"`` and ``"denominator"``: per-feature-map values are
+      then the ratio of spatial means (tmeasures' ``AverageFeatureMaps``).
+    settings: hashable ``((key, value), ...)`` recorded in results; two
+      measures with equal name and settings compute the same thing.
+    needs_inverse: apply the inverse transformation to feature maps first.
+    needs_identity: also hand the untransformed activations to ``update``.
+    num_passes: passes over the data (Goodfellow's thresholds need two).
+    end_pass: ``(state, pass_index) -> state`` called after each pass.
+  """
+  name: str
+  init: Callable[[LayerSpec], State]
+  update: Callable[[State, Block], State]
+  merge: Callable[[State, State], State]
+  finalize: Callable[[State], Mapping[str, Array]]
+  settings: tuple[tuple[str, Any], ...] = ()
+  needs_inverse: bool = False
+  needs_identity: bool = False
+  num_passes: int = 1
+  end_pass: Callable[[State, int], State] | None = None
+
+  @property
+  def key(self) -> tuple[Any, ...]:
+    """Hashable identity used to cache compiled programs."""
+    return (self.name, self.settings, self.needs_inverse, self.needs_identity,
+            self.num_passes)
+
+  def __call__(self, x: Array, *, labels: Array | None = None,
+               identity: Array | None = None) -> Mapping[str, Array]:
+    """Evaluates the measure on one in-memory block, without streaming.
+
+    Pure and differentiable (where the measure is): use it inside a loss.
+
+    Args:
+      x: (B, T, *shape) activations (already inverse-transformed for
+        same-equivariance measures).
+      labels: optional (B,) int labels.
+      identity: (B, *shape) untransformed activations, for measures that need
+        them.
+
+    Returns:
+      The ``finalize`` outputs, e.g. ``{"values": (*shape), ...}``.
+    """
+    x = jnp.asarray(x)
+    if x.ndim < 2:
+      raise ValueError(
+          f"{self.name}: expected a block of shape (B, T, ...), got {x.shape}")
+    b, t = x.shape[:2]
+    spec = LayerSpec("block", tuple(x.shape[2:]), x.dtype, t, t, b)
+    state = self.init(spec)
+    for p in range(self.num_passes):
+      block = Block(x=x, mask=jnp.ones((b,), bool),
+                    t_index=jnp.arange(t, dtype=jnp.int32),
+                    t_mask=jnp.ones((t,), bool), first=jnp.array(True),
+                    last=jnp.array(True), labels=labels, identity=identity,
+                    pass_index=p)
+      state = self.update(state, block)
+      if self.end_pass is not None:
+        state = self.end_pass(state, p)
+    return self.finalize(state)
+
+
+def settings_tuple(**settings: Any) -> tuple[tuple[str, Any], ...]:
+  """Sorted, hashable settings for `Measure.settings`."""
+  return tuple(sorted(settings.items()))

@@ -1,0 +1,738 @@
+"""Whole-network activations: one function type for every kind of model.
+
+Every measure in invjax needs the same thing from a network: for a batch of
+images, the activation of every layer of interest. This module turns the ways
+people write JAX networks into one type, `Activations`:
+
+    acts = capture.linen(module, variables)    # Flax Linen
+    acts = capture.nnx(model)                  # Flax NNX
+    acts = capture.as_activations(fn)          # fn(images) -> {name: array}
+
+    acts(images)   # {"Conv_0": (B, H, W, C), ..., "output": (B, K)}
+
+`Activations.apply(params, images)` is pure: the weights come in as an argument,
+so the engine can `jax.jit` it without baking the weights in as constants, and
+`jax.grad` with respect to the weights works.
+
+The returned mapping is an ``OrderedDict`` in *execution order* (input side
+first). It is an ``OrderedDict`` rather than a plain ``dict`` because JAX
+rebuilds plain dicts in sorted key order when they leave `jax.jit` or
+`jax.eval_shape`, while it keeps the key order of an ``OrderedDict``.
+
+Layer names
+-----------
+* A module's ``__call__`` output is named by its path, ``"block1/Dense_0"``;
+  another public method adds ``".method"`` (``"encoder.embed"``; on the root
+  module just ``"encode"``). The value returned by the whole network is always
+  ``"output"``.
+* A value sown into the intermediates collection is named ``"path/feat"``.
+* When a module is called, or a name is sown, several times in one forward pass,
+  the values are numbered ``".0"``, ``".1"``, ... in call order; a single value
+  gets no number.
+* An output that is not a single array (a tuple, a dict, a dataclass) is split
+  into its leaves, named with a ``[key]`` suffix per level:
+  ``"output[0]"``, ``"block/Dense_0[logits]"``.
+* Only leaves that are arrays with the batch axis first (at least one
+  dimension, leading size equal to the number of images) are kept; scalars such
+  as a sown loss term and values without a batch axis are skipped, because
+  every measure reads activations as ``(B, ...)``.
+
+Flax is imported lazily, so `as_activations` on a plain function works without
+it.
+"""
+
+# `filter=` is the public keyword name, so it shadows the builtin here.
+# pylint: disable=redefined-builtin
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sys
+from typing import (Any, Callable, Hashable, Iterable, Mapping, NamedTuple,
+                    Sequence, Union)
+
+import jax
+import jax.extend as jex
+
+Array = jax.Array
+Params = Any
+LayerFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+
+OUTPUT = "output"
+
+
+# ----------------------------------------------------------------------------
+# The activations-function type.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Activations:
+  """A network seen as ``images -> {layer name: activations}``.
+
+  Attributes:
+    apply: pure function ``apply(params, images)``, images ``(B, H, W, C)``,
+      returning an ``OrderedDict`` ``{name: (B, ...)}`` in execution order.
+      Safe to `jax.jit` and to differentiate with respect to ``params``.
+    params: the pytree handed to ``apply`` by `__call__` (``None`` when the
+      function has no parameters of its own).
+    key: hashable identity of ``apply``. Two `Activations` with equal keys
+      compute the same function of ``(params, images)``, so the engine may
+      reuse a program compiled for one with the other. Left as ``None``, a
+      fresh key is made that equals no other.
+  """
+  apply: Callable[[Params, Array], Mapping[str, Array]]
+  params: Params = None
+  key: Hashable = None
+
+  def __post_init__(self):
+    if not callable(self.apply):
+      raise TypeError(f"Activations.apply must be callable, got {self.apply!r}")
+    if self.key is None:
+      object.__setattr__(self, "key", _fresh_key())
+
+  def __call__(self, images: Array) -> Mapping[str, Array]:
+    """Returns ``apply(params, images)``."""
+    return self.apply(self.params, images)
+
+  def layer_names(self, example_images: Any) -> list[str]:
+    """Names of the layers ``apply`` returns, in execution order.
+
+    Args:
+      example_images: an array, or a `jax.ShapeDtypeStruct`, of the input shape;
+        nothing is computed (`jax.eval_shape`).
+
+    Returns:
+      The keys of ``apply(params, example_images)``.
+    """
+    return list(jax.eval_shape(self.apply, self.params, example_images))
+
+
+def _fresh_key() -> Hashable:
+  # A bare object() equals only itself: no accidental sharing of compiled code.
+  return ("unique", object())
+
+
+def _hashable_or_fresh(key: Any) -> Hashable:
+  """``key`` if it can be hashed, else a fresh key (correct, never shared)."""
+  try:
+    hash(key)
+  except TypeError:
+    return _fresh_key()
+  return key
+
+
+def as_activations(obj: Any) -> Activations:
+  """Converts anything invjax accepts as a network into `Activations`.
+
+  Args:
+    obj: an `Activations` (returned unchanged); a Flax NNX module (converted by
+      `nnx`); or a plain callable ``f(images) -> {name: (B, ...)}`` whose dict
+      is in execution order (wrapped with ``params=None`` and the callable
+      itself as key).
+
+  Returns:
+    An `Activations`.
+
+  Raises:
+    TypeError: for a Flax Linen module (it needs its variables: use `linen`)
+      or anything that is not callable.
+  """
+  if isinstance(obj, Activations):
+    return obj
+  if _is_nnx_module(obj):
+    return nnx(obj)
+  if _is_linen_module(obj):
+    raise TypeError(
+        "a Flax Linen module cannot be used on its own because its weights "
+        "live outside it; use invjax.capture.linen(module, variables)")
+  if not callable(obj):
+    raise TypeError(
+        "expected an Activations, a Flax NNX module or a callable "
+        f"images -> dict[str, array], got {type(obj).__name__}")
+  fn = obj
+
+  def apply(params, images):
+    del params  # A plain callable closes over its own weights.
+    return _checked_activations(fn(images), fn)
+
+  return Activations(apply=apply, params=None,
+                     key=_hashable_or_fresh(("callable", fn)))
+
+
+def from_callable(fn: Callable[[Array], Mapping[str, Array]]) -> Activations:
+  """Wraps ``fn(images) -> {name: (B, ...)}``; alias of `as_activations`."""
+  return as_activations(fn)
+
+
+def _checked_activations(result: Any, source: Any) -> "collections.OrderedDict":
+  if not isinstance(result, Mapping):
+    raise ValueError(
+        f"{source!r} must return a dict of layer name -> activations, got "
+        f"{type(result).__name__}")
+  if not result:
+    raise ValueError(f"{source!r} returned no activations")
+  return collections.OrderedDict(result)
+
+
+def _is_nnx_module(obj: Any) -> bool:
+  # If flax.nnx was never imported, obj cannot be one of its modules.
+  nnx_mod = sys.modules.get("flax.nnx")
+  return nnx_mod is not None and isinstance(obj, nnx_mod.Module)
+
+
+def _is_linen_module(obj: Any) -> bool:
+  linen_mod = sys.modules.get("flax.linen")
+  return linen_mod is not None and isinstance(obj, linen_mod.Module)
+
+
+# ----------------------------------------------------------------------------
+# Layer filters.
+# ----------------------------------------------------------------------------
+
+
+def select_layers(names: Sequence[str], filter: LayerFilter) -> list[str]:
+  """Picks layer names, always returned in the order of ``names``.
+
+  Args:
+    names: all layer names, in execution order.
+    filter: ``None`` for all layers; one name; a sequence of names (returned in
+      execution order whatever order they are given in); or a predicate
+      ``name -> bool``.
+
+  Returns:
+    The selected names, in execution order.
+
+  Raises:
+    ValueError: a requested name is not in ``names``, or nothing is selected.
+  """
+  names = list(names)
+  if filter is None:
+    selected = names
+  elif isinstance(filter, str) or (
+      isinstance(filter, Iterable) and not callable(filter)):
+    wanted = [filter] if isinstance(filter, str) else list(filter)
+    known = set(names)
+    for name in wanted:
+      if name not in known:
+        raise ValueError(
+            f"unknown layer {name!r}; available layers: {', '.join(names)}")
+    wanted_set = set(wanted)
+    selected = [n for n in names if n in wanted_set]
+  elif callable(filter):
+    selected = [n for n in names if filter(n)]
+  else:
+    raise TypeError(
+        "filter must be None, a layer name, a sequence of names or a "
+        f"callable name -> bool, got {type(filter).__name__}")
+  if not selected:
+    raise ValueError(
+        f"the layer filter selected no layers; available layers: "
+        f"{', '.join(names)}")
+  return selected
+
+
+def _filter_key(filter: LayerFilter) -> Hashable:
+  if filter is None or isinstance(filter, str) or callable(filter):
+    return filter
+  return tuple(filter)
+
+
+# ----------------------------------------------------------------------------
+# Shared machinery: naming the leaves of captured values.
+# ----------------------------------------------------------------------------
+
+
+_DK = jax.tree_util.DictKey
+_SK = jax.tree_util.SequenceKey
+
+
+class _Leaf(NamedTuple):
+  """One named activation: where to find it in a pytree of results."""
+  name: str
+  keys: tuple[Any, ...]  # jax key entries from the root of the result tree.
+
+
+def _key_text(k: Any) -> str:
+  # DictKey and FlattenedIndexKey, SequenceKey, GetAttrKey.
+  for attr in ("key", "idx", "name"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _follow(tree: Any, keys: Sequence[Any]) -> Any:
+  """Indexes ``tree`` along a path of jax key entries."""
+  for k in keys:
+    if isinstance(k, jax.tree_util.GetAttrKey):
+      tree = getattr(tree, k.name)
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      tree = tree[k.idx]
+    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+      tree = jax.tree.leaves(tree)[k.key]
+    else:
+      tree = tree[k.key]
+  return tree
+
+
+def _split_value(base: str, prefix: tuple[Any, ...], value: Any,
+                 batch: int) -> list[_Leaf]:
+  """Names the batched array leaves of one captured value (see module doc)."""
+  leaves = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
+    shape = getattr(leaf, "shape", None)
+    # Only (B, ...) arrays are activations in the engine's sense.
+    if shape is None or len(shape) < 1 or shape[0] != batch:
+      continue
+    suffix = "".join(f"[{_key_text(k)}]" for k in path)
+    leaves.append(_Leaf(base + suffix, prefix + tuple(path)))
+  return leaves
+
+
+def _abstract(tree: Any) -> Any:
+  """Shape-only stand-ins, so tracing a plan never captures outer tracers."""
+  def one(x):
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype)
+    return x
+  return jax.tree.map(one, tree)
+
+
+def _cache_key(params: Any, images: Any) -> Hashable:
+  # The set of layers can depend on the input shape (and, in principle, on the
+  # parameter structure), never on values.
+  shapes = tuple(getattr(x, "shape", None) for x in jax.tree.leaves(params))
+  return (tuple(images.shape), str(images.dtype), jax.tree.structure(params),
+          shapes)
+
+
+def _check_unique(leaves: Sequence[_Leaf]) -> None:
+  seen = set()
+  for leaf in leaves:
+    if leaf.name in seen:
+      raise ValueError(f"two activations would both be named {leaf.name!r}")
+    seen.add(leaf.name)
+
+
+def _gather(selected: Sequence[_Leaf], tree: Any) -> "collections.OrderedDict":
+  return collections.OrderedDict(
+      (leaf.name, _follow(tree, leaf.keys)) for leaf in selected)
+
+
+def _is_public_method(name: str) -> bool:
+  # nnx.capture's rule for method_outputs: __call__ and names without "_".
+  return name == "__call__" or not name.startswith("_")
+
+
+def _method_base(path: tuple[Any, ...], method: str) -> str:
+  base = "/".join(str(p) for p in path)
+  if method == "__call__":
+    return base
+  return f"{base}.{method}" if base else method
+
+
+def _numbered(base: str, index: int, count: int) -> str:
+  return base if count == 1 else f"{base}.{index}"
+
+
+# ----------------------------------------------------------------------------
+# Flax Linen.
+# ----------------------------------------------------------------------------
+
+
+class _LinenPlan(NamedTuple):
+  leaves: tuple[_Leaf, ...]                     # selected, execution order
+  methods: Mapping[tuple[str, ...], frozenset]  # path -> methods to store
+
+
+def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
+          method: Union[str, Callable[..., Any], None] = None,
+          apply_kwargs: Mapping[str, Any] | None = None) -> Activations:
+  """Activations of a Flax Linen module, via ``capture_intermediates``.
+
+  Captures the output of every public method call (``__call__`` and methods not
+  starting with ``_``) of every submodule, every value sown into the
+  ``'intermediates'`` collection (``self.sow('intermediates', 'feat', x)``) and
+  the network output (``"output"``). Names follow the module docstring.
+
+  Order. Linen's automatic names follow construction, not execution: in
+  ``nn.Dense(3)(nn.relu(nn.Dense(4)(x)))`` the 3-unit ``Dense_0`` is built
+  first but ``Dense_1`` runs first. The order here is the order in which the
+  method calls *complete*: Flax calls the ``capture_intermediates`` predicate
+  as each call returns, so one abstract trace (`jax.eval_shape`, cached per
+  input shape and dtype) records it. Sown values are placed by the same clock:
+  a value sown by a module is listed just before the output of the next method
+  call to complete after the sow, whether that call is the module's own (the
+  usual "sow, then return": just before the module's output) or one of its
+  submodules' ("sow, then call a child": before the child's output). Values
+  sown between the same two completions are listed outer module first, then in
+  the order their names were first sown, numbered within each name. (Sown
+  values are found by comparing each enclosing module's intermediates when a
+  call completes, so a value sown with a custom ``reduce_fn`` whose result is a
+  dict is taken for a submodule and ignored.)
+
+  Selection. With ``filter`` the predicate handed to Flax stores only the
+  method outputs of selected layers, so unselected activations are never kept.
+  Sown values are always stored by Flax; unselected ones are dropped.
+
+  Args:
+    module: a `flax.linen.Module`.
+    variables: its variables, e.g. ``{'params': ..., 'batch_stats': ...}``;
+      becomes ``Activations.params`` (any ``'intermediates'`` collection in it
+      is ignored).
+    filter: which layers to return, see `select_layers`.
+    method: the method to apply, as for `flax.linen.Module.apply` (default
+      ``__call__``). Its return value is ``"output"``.
+    apply_kwargs: extra keyword arguments for ``module.apply``, e.g.
+      ``{'train': False}`` for models with batch statistics, or ``rngs``.
+      A ``mutable`` entry is merged with ``'intermediates'``; the other
+      collections it updates are discarded.
+
+  Returns:
+    An `Activations` with ``params=variables``.
+
+  Raises:
+    TypeError: ``module`` is not a Linen module, or ``apply_kwargs`` holds
+      ``capture_intermediates``.
+  """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  if not isinstance(module, nn.Module):
+    raise TypeError(
+        f"expected a flax.linen.Module, got {type(module).__name__}")
+  apply_kwargs = dict(apply_kwargs or {})
+  if "capture_intermediates" in apply_kwargs:
+    raise TypeError("apply_kwargs must not set capture_intermediates; "
+                    "invjax.capture.linen sets it")
+  if "method" in apply_kwargs:
+    raise TypeError("pass method= to invjax.capture.linen, not in apply_kwargs")
+  mutable = _merge_mutable(apply_kwargs.pop("mutable", False))
+  if method is None:
+    entry_name = "__call__"
+  elif isinstance(method, str):
+    entry_name = method
+  else:
+    entry_name = getattr(method, "__name__", None)
+
+  def run(variables, images, capture):
+    # Stale intermediates would be extended by sow instead of replaced.
+    variables = {k: v for k, v in variables.items() if k != "intermediates"}
+    out, state = module.apply(variables, images, capture_intermediates=capture,
+                              mutable=mutable, method=method, **apply_kwargs)
+    return out, state.get("intermediates", {})
+
+  plans = {}
+
+  def plan_for(variables, images) -> _LinenPlan:
+    cache_key = _cache_key(variables, images)
+    if cache_key not in plans:
+      plans[cache_key] = _plan_linen(run, variables, images, entry_name, filter)
+    return plans[cache_key]
+
+  def apply(variables, images):
+    plan = plan_for(variables, images)
+    def capture(mdl, method_name):
+      return method_name in plan.methods.get(tuple(mdl.path), ())
+    return _gather(plan.leaves, run(variables, images, capture))
+
+  key = ("linen", module, method, _filter_key(filter), _merge_key(apply_kwargs),
+         mutable if isinstance(mutable, bool) else tuple(mutable))
+  return Activations(apply=apply, params=variables, key=_hashable_or_fresh(key))
+
+
+def _merge_mutable(mutable: Any) -> Any:
+  if mutable is True:
+    return True
+  if not mutable:
+    return ["intermediates"]
+  if isinstance(mutable, str):
+    mutable = [mutable]
+  mutable = list(mutable)
+  return mutable if "intermediates" in mutable else mutable + ["intermediates"]
+
+
+def _merge_key(kwargs: Mapping[str, Any]) -> Hashable:
+  return tuple(sorted(kwargs.items()))
+
+
+def _plan_linen(run, variables, images, entry_name, layer_filter) -> _LinenPlan:
+  """Traces once, abstractly, recording the order in which values appear."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  events = []    # ("sow", path, key, i) and ("call", path, method), in order
+  stored = collections.defaultdict(set)  # path -> methods Flax stores for us
+  placed = {}    # (path, sow name) -> number of sown values already placed
+
+  def place_new_sows(path, intermediates):
+    for key, value in intermediates.items():
+      # Sub-dicts are child modules; method names are our own captures.
+      if isinstance(value, Mapping) or key in stored[path]:
+        continue
+      count = len(value) if isinstance(value, tuple) else 1
+      for i in range(placed.get((path, key), 0), count):
+        events.append(("sow", path, key, i))
+      placed[(path, key)] = count
+
+  def record(mdl, method_name):
+    # Called by Flax as each wrapped method call returns: execution order.
+    # Sows made since the previous return may sit in this module or in any
+    # module enclosing it (sow, then call a child), outermost first.
+    chain = [mdl]
+    while isinstance(chain[-1].parent, nn.Module):
+      chain.append(chain[-1].parent)
+    for owner in reversed(chain):
+      place_new_sows(tuple(owner.path),
+                     owner.variables.get("intermediates", {}))
+    path = tuple(mdl.path)
+    if not _is_public_method(method_name):
+      return False
+    events.append(("call", path, method_name))
+    stored[path].add(method_name)
+    return True
+
+  out, inter = jax.eval_shape(lambda v, x: run(v, x, record),
+                              _abstract(variables), _abstract(images))
+
+  # Sows that no completed call accounted for (e.g. made outside any wrapped
+  # method) go just before the network output rather than being lost.
+  def sweep(path, tree):
+    place_new_sows(path, tree)
+    for key, value in tree.items():
+      if isinstance(value, Mapping):
+        sweep(path + (key,), value)
+  leftovers_from = len(events)
+  sweep((), inter)
+  leftovers = events[leftovers_from:]
+  del events[leftovers_from:]
+
+  if events and events[-1] == ("call", (), entry_name):
+    events.pop()  # The entry call's value is reported as "output" instead.
+  events.extend(leftovers)
+
+  calls = collections.Counter(e[1:] for e in events if e[0] == "call")
+  seen_calls = collections.Counter()
+  batch = images.shape[0]
+  candidates = []  # (leaf, (path, method) or None)
+  for event in events:
+    if event[0] == "sow":
+      _, path, key, i = event
+      node = _follow(inter, [_DK(p) for p in path])[key]
+      prefix = (_SK(1),) + tuple(_DK(p) for p in path) + (_DK(key),)
+      base = "/".join(path + (key,))
+      if isinstance(node, tuple):
+        value, prefix = node[i], prefix + (_SK(i),)
+        base = _numbered(base, i, len(node))
+      else:
+        value = node
+      owner = None
+    else:
+      _, path, method_name = event
+      i = seen_calls[(path, method_name)]
+      seen_calls[(path, method_name)] += 1
+      node = _follow(inter, [_DK(p) for p in path])[method_name]
+      value = node[i]
+      prefix = ((_SK(1),) + tuple(_DK(p) for p in path) +
+                (_DK(method_name), _SK(i)))
+      base = _numbered(_method_base(path, method_name), i,
+                       calls[(path, method_name)])
+      owner = (path, method_name)
+    for leaf in _split_value(base, prefix, value, batch):
+      candidates.append((leaf, owner))
+  for leaf in _split_value(OUTPUT, (_SK(0),), out, batch):
+    candidates.append((leaf, None))
+  return _finish_linen_plan(candidates, layer_filter)
+
+
+def _finish_linen_plan(candidates, layer_filter) -> _LinenPlan:
+  leaves = [leaf for leaf, _ in candidates]
+  if not leaves:
+    raise ValueError("the model produced no activations (no layer returned an "
+                     "array with the batch axis first)")
+  _check_unique(leaves)
+  chosen = set(select_layers([leaf.name for leaf in leaves], layer_filter))
+  methods = collections.defaultdict(set)
+  selected = []
+  for leaf, owner in candidates:
+    if leaf.name in chosen:
+      selected.append(leaf)
+      if owner is not None:
+        methods[owner[0]].add(owner[1])
+  return _LinenPlan(tuple(selected),
+                    {p: frozenset(m) for p, m in methods.items()})
+
+
+# ----------------------------------------------------------------------------
+# Flax NNX.
+# ----------------------------------------------------------------------------
+
+
+_METHOD_OUTPUT_TYPE = []  # Created on first use, so flax is imported lazily.
+
+
+def _method_output_type():
+  """A private `nnx.Intermediate` subclass for method outputs.
+
+  Capturing method outputs under their own Variable type keeps them apart from
+  the values users sow as `nnx.Intermediate`, even when a sown name equals a
+  method name.
+  """
+  if not _METHOD_OUTPUT_TYPE:
+    from flax import nnx as flax_nnx  # pylint: disable=g-import-not-at-top
+
+    class InvjaxMethodOutput(flax_nnx.Intermediate):
+      """Outputs of module methods, captured by invjax."""
+
+    _METHOD_OUTPUT_TYPE.append(InvjaxMethodOutput)
+  return _METHOD_OUTPUT_TYPE[0]
+
+
+def nnx(model: Any, *, filter: LayerFilter = None) -> Activations:
+  """Activations of a Flax NNX module, via `flax.nnx.capture`.
+
+  Runs ``model(images)`` under ``nnx.capture(..., nnx.Intermediate,
+  method_outputs=...)``, which stores the output of every public method
+  (``__call__`` and names without a leading ``_``) *defined on each module's
+  own class* (inherited methods are not instrumented by Flax), plus every value
+  sown with ``self.sow(nnx.Intermediate, name, x)``. Names follow the module
+  docstring; module paths are attribute paths (``"blocks/0/linear"``).
+
+  The model is split with `nnx.split`; ``params`` is the whole state (weights,
+  batch statistics, RNG state) and ``apply`` merges it back inside, so it is
+  pure. State updates made during the call (RNG counters, running statistics
+  in training mode) are discarded: call ``model.eval()`` first for deployment
+  behaviour.
+
+  Order. The captured `nnx.State` is sorted by path, not by execution, so the
+  order is recovered from one abstract trace (`jax.make_jaxpr`, cached per
+  input shape and dtype): each value is placed at the equation that computed
+  it, looking inside nested ``jit``/``remat`` calls. Several names for the very
+  same array (a block returning its last layer's output, a sown copy of an
+  output, a module returning its input unchanged) are ordered deeper module
+  first, then sown values before method outputs, then by path.
+
+  Selection. ``filter`` restricts what ``apply`` returns; Flax stores every
+  method output during the call, and unselected ones are dropped (under
+  `jax.jit` they are never computed for nothing: XLA removes them).
+
+  Args:
+    model: a `flax.nnx.Module` whose ``__call__`` takes a batch of images.
+    filter: which layers to return, see `select_layers`.
+
+  Returns:
+    An `Activations` whose ``params`` is the model's `nnx.State`.
+
+  Raises:
+    TypeError: ``model`` is not an NNX module.
+  """
+  from flax import nnx as flax_nnx  # pylint: disable=g-import-not-at-top
+
+  if not isinstance(model, flax_nnx.Module):
+    raise TypeError(f"expected a flax.nnx.Module, got {type(model).__name__}")
+  graphdef, state = flax_nnx.split(model)
+  method_type = _method_output_type()
+
+  def run(state, images):
+    merged = flax_nnx.merge(graphdef, state)
+    # The subclass comes first: split_state matches by isinstance.
+    out, calls, sown = flax_nnx.capture(
+        merged, method_type, flax_nnx.Intermediate,
+        method_outputs=method_type)(images)
+    return out, flax_nnx.to_pure_dict(calls), flax_nnx.to_pure_dict(sown)
+
+  plans = {}
+
+  def apply(state, images):
+    cache_key = _cache_key(state, images)
+    if cache_key not in plans:
+      plans[cache_key] = _plan_nnx(run, state, images, filter)
+    return _gather(plans[cache_key], run(state, images))
+
+  key = ("nnx", graphdef, _filter_key(filter))
+  return Activations(apply=apply, params=state, key=_hashable_or_fresh(key))
+
+
+def _plan_nnx(run, state, images, layer_filter) -> tuple[_Leaf, ...]:
+  """Names every captured array and sorts them by where they were computed."""
+  closed, shapes = jax.make_jaxpr(run, return_shape=True)(
+      _abstract(state), _abstract(images))
+  flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
+  position = _producer_positions(closed.jaxpr)
+  where = {jax.tree_util.keystr(path): position(var)
+           for (path, _), var in zip(flat, closed.jaxpr.outvars)}
+
+  out, calls, sown = shapes
+  batch = images.shape[0]
+  candidates = []  # (sort key, leaf)
+
+  def add(base, prefix, value, depth, kind):
+    for leaf in _split_value(base, prefix, value, batch):
+      rank = (kind == "output", where[jax.tree_util.keystr(leaf.keys)], -depth,
+              kind == "call", len(candidates))
+      candidates.append((rank, leaf))
+
+  def walk(tree, source, path):
+    for key, node in tree.items():
+      if isinstance(node, Mapping):  # A submodule.
+        walk(node, source, path + (key,))
+        continue
+      prefix = (_SK(source),) + tuple(_DK(p) for p in path) + (_DK(key),)
+      if source == 1:
+        if not path and key == "__call__":
+          continue  # The root call is "output", taken from the return value.
+        base = _method_base(path, key)
+      else:
+        base = "/".join(str(p) for p in path + (key,))
+      kind = "call" if source == 1 else "sow"
+      if isinstance(node, tuple):
+        for i, value in enumerate(node):
+          add(_numbered(base, i, len(node)), prefix + (_SK(i),), value,
+              len(path), kind)
+      else:
+        add(base, prefix, node, len(path), kind)
+
+  walk(calls, 1, ())
+  walk(sown, 2, ())
+  add(OUTPUT, (_SK(0),), out, 0, "output")
+  if not candidates:
+    raise ValueError("the model produced no activations (no layer returned an "
+                     "array with the batch axis first)")
+  leaves = [leaf for _, leaf in sorted(candidates, key=lambda c: c[0])]
+  _check_unique(leaves)
+  chosen = set(select_layers([leaf.name for leaf in leaves], layer_filter))
+  return tuple(leaf for leaf in leaves if leaf.name in chosen)
+
+
+def _producer_positions(jaxpr) -> Callable[[Any], tuple[int, ...]]:
+  """Maps a jaxpr variable to the position of the equation that made it.
+
+  The position is a tuple: the equation's index, followed, when that equation
+  is a call with one inner program (``pjit``, ``remat``, ...), by the position
+  inside it, so values computed within one nested call still get apart.
+  Inputs and literals are at ``(-1,)``.
+  """
+  producers = {}
+  for index, eqn in enumerate(jaxpr.eqns):
+    for out_index, var in enumerate(eqn.outvars):
+      producers[var] = (index, out_index, eqn)
+  inner_cache = {}
+
+  def position(var):
+    if not isinstance(var, jex.core.Var) or var not in producers:
+      return (-1,)
+    index, out_index, eqn = producers[var]
+    inner = _single_inner_jaxpr(eqn)
+    if inner is None or len(inner.outvars) != len(eqn.outvars):
+      return (index,)
+    if id(inner) not in inner_cache:
+      inner_cache[id(inner)] = (inner, _producer_positions(inner))
+    return (index,) + inner_cache[id(inner)][1](inner.outvars[out_index])
+
+  return position
+
+
+def _single_inner_jaxpr(eqn):
+  inner = [p.jaxpr if isinstance(p, jex.core.ClosedJaxpr) else p
+           for p in eqn.params.values()
+           if isinstance(p, (jex.core.Jaxpr, jex.core.ClosedJaxpr))]
+  return inner[0] if len(inner) == 1 else None

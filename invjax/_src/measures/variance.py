@@ -1,0 +1,220 @@
+"""Quiroga et al.'s variance measures, from one pass of mergeable moments.
+
+For one activation a, write A_ij = a(t_j(x_i)) for samples i = 1..n and
+transformations j = 1..m (the "ST matrix"), and s(·) for the row statistic
+(`statistic="variance"`: the variance with `ddof`; `"std"`: its square root).
+
+* Transformation variance  TV = (1/n) Σ_i s_j(A_ij)   (spread over each orbit)
+* Sample variance          SV = (1/m) Σ_j s_i(A_ij)   (spread over the data)
+* Normalized variance      NV = TV / SV               (0: invariant)
+
+The same-equivariance forms use B_ij = t_j⁻¹(f(t_j(x_i))) in place of A_ij:
+each feature map is mapped back by the inverse transformation first.
+
+References:
+  Quiroga, Torrents-Barrena, Lanzarini, Puig. "Measuring (in)variances in
+  convolutional networks", CACIC 2019 / JCS&T 20(1) 2020; "Invariance and
+  same-equivariance measures for convolutional neural networks", CLEI
+  Electron. J. 24(1) 2021; "Transformational measures ..." arXiv 2310.17404.
+
+tmeasures (PyPI) averages per-row *standard deviations* with ddof=1, so
+``statistic="std", ddof=1`` reproduces its numbers; the default here is the
+papers' variance with ddof=1. A row of one value (n = 1 or m = 1) has
+statistic 0, as in tmeasures. NV divides with `safe_divide`: 0/0 → 1, x/0 → inf.
+
+TV and SV come out of the same tile: TV from per-sample moments over the
+transformation axis, SV from per-transformation moments over samples merged
+across batches (Chan), so NV needs one pass where tmeasures makes two.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from invjax._src import base
+from invjax._src import stats
+
+_STATISTICS = ("variance", "std")
+
+
+def _check(statistic: str, ddof: int) -> None:
+  if statistic not in _STATISTICS:
+    raise ValueError(
+        f"statistic must be one of {_STATISTICS}, got {statistic!r}")
+  if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof < 0:
+    raise ValueError(f"ddof must be a non-negative int, got {ddof!r}")
+
+
+def _row_statistic(m: stats.Moments, statistic: str, ddof: int) -> jax.Array:
+  var = stats.variance(m, ddof)
+  return stats.safe_sqrt(var) if statistic == "std" else var
+
+
+class TVState(NamedTuple):
+  orbit: stats.Moments          # per sample of the current batch: (B, *shape)
+  samples: stats.RunningMean    # mean over samples of the orbit statistic
+
+
+class SVState(NamedTuple):
+  columns: stats.Moments        # per transformation: (Tp, *shape)
+  valid: jax.Array              # (Tp,) bool: False for padding columns
+
+
+class NVState(NamedTuple):
+  tv: TVState
+  sv: SVState
+
+
+def _tv_fns(statistic: str, ddof: int):
+  """init/update/merge/finalize of the transformation variance."""
+
+  def init(spec: base.LayerSpec) -> TVState:
+    orbit = stats.Moments(jnp.zeros((), jnp.float32),
+                          jnp.zeros((spec.batch_size,) + spec.shape),
+                          jnp.zeros((spec.batch_size,) + spec.shape))
+    return TVState(orbit, stats.zeros_mean(spec.shape))
+
+  def update(state: TVState, block: base.Block) -> TVState:
+    x = block.x.astype(jnp.float32)
+    chunk = stats.block_moments(x, block.t_mask, axis=1)
+    # Transformation chunks of one batch are merged into the orbit moments;
+    # the first chunk starts afresh.
+    orbit = jax.tree.map(lambda c, m: jnp.where(block.first, c, m), chunk,
+                         stats.merge_moments(state.orbit, chunk))
+    per_sample = _row_statistic(orbit, statistic, ddof)      # (B, *shape)
+    folded = stats.merge_mean(state.samples,
+                              stats.block_mean(per_sample, block.mask, axis=0))
+    samples = jax.tree.map(lambda f, s: jnp.where(block.last, f, s), folded,
+                           state.samples)
+    return TVState(orbit, samples)
+
+  def merge(a: TVState, b: TVState) -> TVState:
+    return TVState(b.orbit, stats.merge_mean(a.samples, b.samples))
+
+  def finalize(state: TVState) -> jax.Array:
+    return state.samples.mean
+
+  return init, update, merge, finalize
+
+
+def _sv_fns(statistic: str, ddof: int):
+  """init/update/merge/finalize of the sample variance."""
+
+  def init(spec: base.LayerSpec) -> SVState:
+    tp, ones = spec.num_padded_transformations, (1,) * len(spec.shape)
+    # The count keeps singleton unit axes so it broadcasts against the means.
+    cols = stats.Moments(jnp.zeros((tp,) + ones), jnp.zeros((tp,) + spec.shape),
+                         jnp.zeros((tp,) + spec.shape))
+    valid = jnp.arange(tp) < spec.num_transformations
+    return SVState(cols, valid)
+
+  def update(state: SVState, block: base.Block) -> SVState:
+    x = block.x.astype(jnp.float32)
+    chunk = stats.block_moments(x, block.mask, axis=0)        # (Tc, *shape)
+    cols, idx = state.columns, block.t_index
+    old = jax.tree.map(lambda v: v[idx], cols)
+    chunk = chunk._replace(count=jnp.broadcast_to(chunk.count, old.count.shape))
+    new = stats.merge_moments(old, chunk)
+    cols = jax.tree.map(lambda v, n: v.at[idx].set(n), cols, new)
+    return SVState(cols, state.valid)
+
+  def merge(a: SVState, b: SVState) -> SVState:
+    return SVState(stats.merge_moments(a.columns, b.columns), a.valid)
+
+  def finalize(state: SVState) -> jax.Array:
+    per_column = _row_statistic(state.columns, statistic, ddof)  # (Tp, *shape)
+    w = state.valid.astype(per_column.dtype)
+    w = w.reshape(w.shape + (1,) * (per_column.ndim - 1))
+    return jnp.sum(per_column * w, axis=0) / jnp.sum(state.valid)
+
+  return init, update, merge, finalize
+
+
+def _measure(name, kind, statistic, ddof, needs_inverse) -> base.Measure:
+  _check(statistic, ddof)
+  tv, sv = _tv_fns(statistic, ddof), _sv_fns(statistic, ddof)
+  settings = base.settings_tuple(statistic=statistic, ddof=ddof)
+  if kind == "tv":
+    init, update, merge, fin = tv
+    finalize = lambda s: {"values": fin(s)}
+  elif kind == "sv":
+    init, update, merge, fin = sv
+    finalize = lambda s: {"values": fin(s)}
+  else:
+    def init(spec):
+      return NVState(tv[0](spec), sv[0](spec))
+
+    def update(state, block):
+      return NVState(tv[1](state.tv, block), sv[1](state.sv, block))
+
+    def merge(a, b):
+      return NVState(tv[2](a.tv, b.tv), sv[2](a.sv, b.sv))
+
+    def finalize(state):
+      num, den = tv[3](state.tv), sv[3](state.sv)
+      return {"values": stats.safe_divide(num, den), "numerator": num,
+              "denominator": den}
+  return base.Measure(name=name, init=init, update=update, merge=merge,
+                      finalize=finalize, settings=settings,
+                      needs_inverse=needs_inverse)
+
+
+def transformation_variance(*, statistic: str = "variance",
+                            ddof: int = 1) -> base.Measure:
+  """Transformation variance TV = (1/n) Σ_i s_j(A_ij) (Quiroga et al.).
+
+  Args:
+    statistic: ``"variance"`` or ``"std"`` (tmeasures: ``"std"``).
+    ddof: delta degrees of freedom of the row statistic (tmeasures: 1).
+
+  Returns:
+    A `Measure` whose ``values`` have the activation's shape.
+  """
+  return _measure("transformation_variance", "tv", statistic, ddof, False)
+
+
+def sample_variance(*, statistic: str = "variance",
+                    ddof: int = 1) -> base.Measure:
+  """Sample variance SV = (1/m) Σ_j s_i(A_ij) (Quiroga et al.).
+
+  Args: as `transformation_variance`.
+  """
+  return _measure("sample_variance", "sv", statistic, ddof, False)
+
+
+def normalized_variance(*, statistic: str = "variance",
+                        ddof: int = 1) -> base.Measure:
+  """Normalized variance NV = safe_divide(TV, SV) (Quiroga et al.).
+
+  0 means invariant, ≈1 means transformations move the unit as much as the
+  data does. ``finalize`` also returns TV (``numerator``) and SV
+  (``denominator``), so per-feature-map values are the ratio of spatial means
+  (tmeasures' ``AverageFeatureMaps``). One pass over the data.
+
+  Args: as `transformation_variance`.
+  """
+  return _measure("normalized_variance", "nv", statistic, ddof, False)
+
+
+def transformation_variance_same_equivariance(
+    *, statistic: str = "variance", ddof: int = 1) -> base.Measure:
+  """TV of B_ij = t_j⁻¹(f(t_j(x_i))): 0 when the layer is same-equivariant."""
+  return _measure("transformation_variance_same_equivariance", "tv",
+                  statistic, ddof, True)
+
+
+def sample_variance_same_equivariance(
+    *, statistic: str = "variance", ddof: int = 1) -> base.Measure:
+  """SV of B_ij = t_j⁻¹(f(t_j(x_i)))."""
+  return _measure("sample_variance_same_equivariance", "sv", statistic, ddof,
+                  True)
+
+
+def normalized_variance_same_equivariance(
+    *, statistic: str = "variance", ddof: int = 1) -> base.Measure:
+  """NV of B_ij = t_j⁻¹(f(t_j(x_i))) (Quiroga et al., CLEI 2021)."""
+  return _measure("normalized_variance_same_equivariance", "nv", statistic,
+                  ddof, True)

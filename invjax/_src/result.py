@@ -1,0 +1,205 @@
+"""MeasureResult: per-activation, per-feature-map and per-layer values.
+
+Aggregation rules (documented in the README):
+* per activation: the measure's ``values``, shaped like one activation.
+* per feature map (layers with spatial axes, channels last): the mean over all
+  axes but the last. For ratio measures (those returning ``numerator`` and
+  ``denominator``) it is the *ratio of spatial means*, safe-divided, as
+  tmeasures' ``AverageFeatureMaps``. Layers without spatial axes use the
+  per-activation values.
+* per layer: the mean of the per-feature-map values over *finite* entries;
+  ``nonfinite_skipped[layer]`` says how many were left out (NaN if all were).
+* ``zero_division[layer]``: how many activations had a denominator ≤ 0 and so
+  took the safe-divide rule (0/0 → 1, x/0 → inf).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+_FORMAT = "invjax.MeasureResult/1"
+
+
+def _fm_mean(a: np.ndarray) -> np.ndarray:
+  return a.mean(axis=tuple(range(a.ndim - 1))) if a.ndim >= 2 else a
+
+
+def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+  with np.errstate(divide="ignore", invalid="ignore"):
+    out = np.where(den > 0, num / np.where(den > 0, den, 1),
+                   np.where(num > 0, np.inf, 1.0))
+  return np.where(np.isnan(num) | np.isnan(den), np.nan, out)
+
+
+@dataclasses.dataclass
+class MeasureResult:
+  """The result of one measure over every tapped layer.
+
+  Attributes:
+    measure: the measure's name.
+    settings: its settings plus the run's (transformations, sample count, ...).
+    layers: layer names, in execution order.
+    per_activation: {layer: array shaped like one activation}.
+    per_feature_map: {layer: (C,) for spatial layers, else per-activation}.
+    per_layer: {layer: float}, the finite mean of ``per_feature_map``.
+    extras: {layer: {name: array}}, other finalize outputs (e.g. TV and SV
+      of NV as ``numerator`` and ``denominator``).
+    zero_division: {layer: int}, activations that hit the safe-divide rule.
+    nonfinite_skipped: {layer: int}, entries left out of ``per_layer``.
+    notes: {layer: str}, e.g. why a layer was skipped.
+    per_class: {label: MeasureResult} for stratified runs, else None; the
+      top-level values are then the mean over classes.
+  """
+  measure: str
+  settings: dict[str, Any]
+  layers: list[str]
+  per_activation: dict[str, np.ndarray]
+  per_feature_map: dict[str, np.ndarray]
+  per_layer: dict[str, float]
+  extras: dict[str, dict[str, np.ndarray]]
+  zero_division: dict[str, int]
+  nonfinite_skipped: dict[str, int]
+  notes: dict[str, str] = dataclasses.field(default_factory=dict)
+  per_class: dict[int, "MeasureResult"] | None = None
+
+  @classmethod
+  def from_outputs(cls, measure: str, settings: Mapping[str, Any],
+                   outputs: Mapping[str, Mapping[str, Any]],
+                   notes: Mapping[str, str] | None = None) -> "MeasureResult":
+    """Aggregates finalize outputs {layer: {"values": ..., ...}}."""
+    per_act, per_fm, per_layer, extras, zdiv, skipped = {}, {}, {}, {}, {}, {}
+    for layer, out in outputs.items():
+      out = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+      values = out.pop("values")
+      per_act[layer] = values
+      ratio = "numerator" in out and "denominator" in out
+      if ratio and values.ndim >= 2:
+        per_fm[layer] = _safe_divide(_fm_mean(out["numerator"]),
+                                     _fm_mean(out["denominator"]))
+      else:
+        per_fm[layer] = _fm_mean(values)
+      zdiv[layer] = int(np.sum(out["denominator"] <= 0)) if ratio else 0
+      finite = np.isfinite(per_fm[layer])
+      skipped[layer] = int(finite.size - finite.sum())
+      per_layer[layer] = (float(per_fm[layer][finite].mean()) if finite.any()
+                          else float("nan"))
+      extras[layer] = out
+    return cls(measure, dict(settings), list(outputs), per_act, per_fm,
+               per_layer, extras, zdiv, skipped, dict(notes or {}))
+
+  def mean(self) -> float:
+    """Unweighted mean of the finite per-layer values."""
+    v = np.array([self.per_layer[l] for l in self.layers], np.float64)
+    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else np.nan
+
+  def __repr__(self) -> str:
+    rows = "\n".join(f"  {l}: {self.per_layer[l]:.6g}" for l in self.layers)
+    return f"MeasureResult({self.measure}, per_layer=\n{rows})"
+
+  # --- persistence: one .npz with the arrays and a JSON metadata entry -------
+  def _flatten(self, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
+    meta = {"measure": self.measure, "settings": _jsonable(self.settings),
+            "layers": self.layers, "per_layer": self.per_layer,
+            "zero_division": self.zero_division,
+            "nonfinite_skipped": self.nonfinite_skipped, "notes": self.notes,
+            "extras": {l: list(e) for l, e in self.extras.items()},
+            "classes": None}
+    for i, layer in enumerate(self.layers):
+      arrays[f"{prefix}{i}/per_activation"] = self.per_activation[layer]
+      arrays[f"{prefix}{i}/per_feature_map"] = self.per_feature_map[layer]
+      for k, v in self.extras[layer].items():
+        arrays[f"{prefix}{i}/extra/{k}"] = v
+    if self.per_class is not None:
+      meta["classes"] = []
+      for label, res in self.per_class.items():
+        meta["classes"].append(
+            [_jsonable(label), res._flatten(f"{prefix}class{label}/", arrays)])
+    return meta
+
+  def save(self, path: str | os.PathLike) -> None:
+    """Writes the result to ``path`` (.npz; metadata as a JSON entry)."""
+    arrays: dict[str, np.ndarray] = {}
+    meta = self._flatten("", arrays)
+    meta["format"] = _FORMAT
+    arrays["__metadata__"] = np.array(json.dumps(meta))
+    with open(path, "wb") as f:
+      np.savez(f, **arrays)
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (np.floating,)):
+    return float(x)
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  return x
+
+
+def _unflatten(meta: dict, arrays: Mapping[str, np.ndarray],
+               prefix: str) -> MeasureResult:
+  layers = meta["layers"]
+  res = MeasureResult(
+      measure=meta["measure"], settings=meta["settings"], layers=layers,
+      per_activation={l: arrays[f"{prefix}{i}/per_activation"]
+                      for i, l in enumerate(layers)},
+      per_feature_map={l: arrays[f"{prefix}{i}/per_feature_map"]
+                       for i, l in enumerate(layers)},
+      per_layer={l: float(meta["per_layer"][l]) for l in layers},
+      extras={l: {k: arrays[f"{prefix}{i}/extra/{k}"]
+                  for k in meta["extras"][l]} for i, l in enumerate(layers)},
+      zero_division=dict(meta["zero_division"]),
+      nonfinite_skipped=dict(meta["nonfinite_skipped"]),
+      notes=dict(meta["notes"]))
+  if meta.get("classes") is not None:
+    res.per_class = {label: _unflatten(m, arrays, f"{prefix}class{label}/")
+                     for label, m in meta["classes"]}
+  return res
+
+
+def load_result(path: str | os.PathLike) -> MeasureResult:
+  """Reads a `MeasureResult` written by `MeasureResult.save`."""
+  with np.load(path, allow_pickle=False) as data:
+    arrays = {k: data[k] for k in data.files}
+  if "__metadata__" not in arrays:
+    raise ValueError(f"{path} is not an invjax result file (no metadata)")
+  meta = json.loads(str(arrays["__metadata__"]))
+  if meta.get("format") != _FORMAT:
+    raise ValueError(f"{path}: unknown result format {meta.get('format')!r}")
+  return _unflatten(meta, arrays, "")
+
+
+def average_classes(per_class: dict[int, MeasureResult]) -> MeasureResult:
+  """Elementwise mean over classes of stratified results (as tmeasures).
+
+  Per-feature-map values are the mean of the per-class per-feature-map values
+  (each already a ratio of spatial means), so a ratio measure is averaged as
+  ratios, never re-divided.
+  """
+  results = list(per_class.values())
+  first = results[0]
+  mean = lambda get: {l: np.mean([get(r)[l] for r in results], axis=0)
+                      for l in first.layers}
+  per_fm = mean(lambda r: r.per_feature_map)
+  per_layer, skipped = {}, {}
+  for l, v in per_fm.items():
+    finite = np.isfinite(v)
+    skipped[l] = int(finite.size - finite.sum())
+    per_layer[l] = float(v[finite].mean()) if finite.any() else float("nan")
+  extras = {l: {k: np.mean([r.extras[l][k] for r in results], axis=0)
+                for k in first.extras[l]} for l in first.layers}
+  zdiv = {l: int(sum(r.zero_division[l] for r in results))
+          for l in first.layers}
+  return MeasureResult(first.measure, dict(first.settings), list(first.layers),
+                       mean(lambda r: r.per_activation), per_fm, per_layer,
+                       extras, zdiv, skipped, dict(first.notes),
+                       per_class=dict(per_class))

@@ -1,0 +1,134 @@
+"""Mergeable statistics: masked moments with Chan et al.'s parallel merge.
+
+All measures keep O(activation size) state per layer and combine partial
+statistics with the pairwise update of Chan, Golub & LeVeque (1979):
+
+    n = n_a + n_b,  δ = μ_b − μ_a,
+    μ = μ_a + δ·n_b/n,   M2 = M2_a + M2_b + δ²·n_a·n_b/n.
+
+Each block's own mean and M2 are computed two-pass (centred), so accumulating
+in float32 stays accurate to ~1e-6 relative without float64.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class Moments(NamedTuple):
+  """Count, mean and sum of squared deviations (M2), broadcast over units.
+
+  ``count`` has the shape of ``mean`` with the reduced axis removed, or is a
+  scalar when all units share one count.
+  """
+  count: Array
+  mean: Array
+  m2: Array
+
+
+def zeros_moments(shape, dtype=jnp.float32, count_shape=()) -> Moments:
+  return Moments(jnp.zeros(count_shape, dtype), jnp.zeros(shape, dtype),
+                 jnp.zeros(shape, dtype))
+
+
+def _expand(w: Array, ndim: int, axis: int) -> Array:
+  """Reshape a 1-D weight along `axis` so it broadcasts against ndim dims."""
+  shape = [1] * ndim
+  shape[axis] = w.shape[0]
+  return w.reshape(shape)
+
+
+def block_moments(x: Array, weights: Array, axis: int) -> Moments:
+  """Masked two-pass moments of `x` along `axis`, shifted by its first entry.
+
+  Shifting by the first entry (valid by construction: padding comes last)
+  makes a constant row give M2 = 0 exactly and keeps float32 accurate when
+  the mean is large relative to the spread.
+
+  Args:
+    x: array of any shape.
+    weights: (x.shape[axis],) 0/1 weights (the validity mask).
+    axis: the axis reduced.
+
+  Returns:
+    Moments with that axis removed; count is a scalar.
+  """
+  w = weights.astype(x.dtype)
+  n = jnp.sum(w)
+  wx = _expand(w, x.ndim, axis)
+  shift = jax.lax.stop_gradient(jnp.take(x, jnp.array([0]), axis=axis))
+  d = x - shift
+  md = jnp.sum(d * wx, axis=axis, keepdims=True) / jnp.maximum(n, 1)
+  dev = (d - md) * wx
+  m2 = jnp.sum(dev * dev, axis=axis)
+  return Moments(n, jnp.squeeze(shift + md, axis), m2)
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+  """Chan's parallel merge; exact when either side is empty."""
+  n = a.count + b.count
+  safe_n = jnp.where(n > 0, n, 1)
+  delta = b.mean - a.mean
+  frac_b = jnp.where(n > 0, b.count / safe_n, 0)
+  mean = a.mean + delta * frac_b
+  m2 = a.m2 + b.m2 + delta * delta * a.count * frac_b
+  return Moments(n, mean, m2)
+
+
+def variance(m: Moments, ddof: int) -> Array:
+  """M2 / (n − ddof); 0 where n − ddof ≤ 0 (a single observation varies by 0).
+
+  This matches tmeasures' Welford, which returns zeros for n ≤ 1.
+  """
+  dof = m.count - ddof
+  return jnp.where(dof > 0, m.m2 / jnp.where(dof > 0, dof, 1), 0)
+
+
+def safe_sqrt(x: Array) -> Array:
+  """sqrt with a zero (not infinite) gradient at 0, so `jax.grad` stays finite."""
+  positive = x > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)
+
+
+class RunningMean(NamedTuple):
+  """A count and a mean, merged as n-weighted averages (no large sums)."""
+  count: Array
+  mean: Array
+
+
+def zeros_mean(shape, dtype=jnp.float32) -> RunningMean:
+  return RunningMean(jnp.zeros((), dtype), jnp.zeros(shape, dtype))
+
+
+def merge_mean(a: RunningMean, b: RunningMean) -> RunningMean:
+  n = a.count + b.count
+  frac_b = jnp.where(n > 0, b.count / jnp.where(n > 0, n, 1), 0)
+  return RunningMean(n, a.mean + (b.mean - a.mean) * frac_b)
+
+
+def block_mean(x: Array, weights: Array, axis: int = 0) -> RunningMean:
+  w = weights.astype(x.dtype)
+  n = jnp.sum(w)
+  mean = jnp.sum(x * _expand(w, x.ndim, axis), axis=axis) / jnp.maximum(n, 1)
+  return RunningMean(n, mean)
+
+
+def safe_divide(numerator: Array, denominator: Array) -> Array:
+  """tmeasures' division rule, elementwise and gradient-safe.
+
+  * denominator > 0: numerator / denominator;
+  * denominator ≤ 0 and numerator ≤ 0: 1 (0/0: as invariant as it is varied);
+  * denominator ≤ 0 and numerator > 0: +inf.
+
+  A NaN anywhere propagates as NaN (tmeasures would return the numerator).
+  """
+  positive = denominator > 0
+  ratio = numerator / jnp.where(positive, denominator, 1)
+  zero_case = jnp.where(numerator > 0, jnp.inf, 1.0).astype(ratio.dtype)
+  out = jnp.where(positive, ratio, zero_case)
+  return jnp.where(jnp.isnan(numerator) | jnp.isnan(denominator), jnp.nan, out)

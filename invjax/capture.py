@@ -1,0 +1,20 @@
+"""Whole-network activations: Linen, NNX and plain callables as one type.
+
+See `invjax._src.capture` for naming and ordering rules.
+"""
+
+from invjax._src.capture import Activations
+from invjax._src.capture import as_activations
+from invjax._src.capture import from_callable
+from invjax._src.capture import linen
+from invjax._src.capture import nnx
+from invjax._src.capture import select_layers
+
+__all__ = (
+    "Activations",
+    "as_activations",
+    "from_callable",
+    "linen",
+    "nnx",
+    "select_layers",
+)

@@ -1,0 +1,29 @@
+"""Invariance and equivariance measures: each a `Measure` of pure functions.
+
+Every measure here can be streamed over a dataset with `invjax.measure` or
+evaluated on one in-memory (B, T, ...) block by calling it.
+"""
+
+from invjax._src.base import Block
+from invjax._src.base import LayerSpec
+from invjax._src.base import Measure
+from invjax._src.measures.variance import normalized_variance
+from invjax._src.measures.variance import normalized_variance_same_equivariance
+from invjax._src.measures.variance import sample_variance
+from invjax._src.measures.variance import sample_variance_same_equivariance
+from invjax._src.measures.variance import transformation_variance
+from invjax._src.measures.variance import transformation_variance_same_equivariance
+from invjax._src.stats import safe_divide
+
+__all__ = (
+    "Block",
+    "LayerSpec",
+    "Measure",
+    "normalized_variance",
+    "normalized_variance_same_equivariance",
+    "safe_divide",
+    "sample_variance",
+    "sample_variance_same_equivariance",
+    "transformation_variance",
+    "transformation_variance_same_equivariance",
+)

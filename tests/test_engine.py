@@ -1,0 +1,205 @@
+"""invjax.measure: input checks, compilation, memory, sharding, stratification."""
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import invjax
+from invjax import measures as ms
+from invjax import transforms as tr
+from invjax._src import engine
+
+
+def _model(x):
+  h = jnp.tanh(x[..., :1] * 2.0 - x[..., 1:])
+  return {"map": h, "vec": h.mean(axis=(1, 2, 3))[:, None] * jnp.arange(3.0)}
+
+
+@pytest.fixture(scope="module")
+def images():
+  return np.random.default_rng(0).uniform(size=(11, 6, 6, 2)).astype(
+      np.float32)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((6, 6, 2), np.float32), "rank 4"),
+    (np.zeros((0, 6, 6, 2), np.float32), "empty"),
+    (np.zeros((3, 6, 6, 2), np.int32), "floating"),
+])
+def test_bad_images(bad, match):
+  with pytest.raises(ValueError, match=match):
+    invjax.measure(_model, bad, tr.rot90(), ms.normalized_variance())
+
+
+def test_nonfinite_images(images):
+  bad = images.copy()
+  bad[2, 1, 1, 0] = np.nan
+  bad[3, 0, 0, 1] = np.inf
+  with pytest.raises(ValueError, match="2 non-finite"):
+    invjax.measure(_model, bad, tr.rot90(), ms.normalized_variance())
+  with pytest.raises(ValueError, match="non-finite"):
+    invjax.measure(_model, jnp.asarray(bad), tr.rot90(),
+                   ms.normalized_variance())
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5])
+def test_bad_batch_size(images, batch_size):
+  with pytest.raises(ValueError, match="batch_size"):
+    invjax.measure(_model, images, tr.rot90(), ms.normalized_variance(),
+                   batch_size=batch_size)
+
+
+def test_bad_labels(images):
+  with pytest.raises(ValueError, match=r"labels must have shape \(N,\)"):
+    invjax.measure(_model, images, tr.rot90(), ms.normalized_variance(),
+                   labels=np.zeros(5, np.int32))
+  with pytest.raises(ValueError, match="stratify=True needs labels"):
+    invjax.measure(_model, images, tr.rot90(), ms.normalized_variance(),
+                   stratify=True)
+
+
+def test_unknown_layer(images):
+  with pytest.raises(ValueError, match="unknown layer 'nope'.*map.*vec"):
+    invjax.measure(_model, images, tr.rot90(), ms.normalized_variance(),
+                   layers=["nope"])
+
+
+def test_layer_filter(images):
+  r = invjax.measure(_model, images, tr.rot90(), ms.normalized_variance(),
+                     layers=["vec"])
+  assert r.layers == ["vec"]
+
+
+def test_no_recompile_on_second_call(images, caplog):
+  acts = invjax.capture.as_activations(_model)
+  ts, m = tr.rot90(), ms.normalized_variance()
+  first = invjax.measure(acts, images, ts, m, batch_size=4)
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    second = invjax.measure(acts, images + 0.5, ts,
+                            ms.normalized_variance(), batch_size=4)
+  compiled = [r for r in caplog.records if "Compiling" in r.getMessage()
+              and "program" in r.getMessage()]
+  assert not compiled, [r.getMessage() for r in compiled]
+  assert first.per_layer["map"] != second.per_layer["map"]
+
+
+def test_memory_is_bounded_by_one_batch():
+  n, t, b = 20_000, 4, 50
+  images = np.zeros((n, 12, 12, 1), np.float32)
+  wide = lambda x: {"wide": jnp.tile(x, (1, 1, 1, 16))}   # 2304 floats/sample
+  fn, args, _ = engine._prepare(
+      wide, images, tr.rot90(), [ms.normalized_variance()], batch_size=b,
+      labels=None, stratify=False, layers=None, transform_chunk=None,
+      mesh=None, progress=False)
+  stats = fn.lower(*args).compile().memory_analysis()
+  all_activations = n * t * 2304 * 4
+  one_tile = b * t * 2304 * 4
+  assert stats.temp_size_in_bytes < 20 * one_tile
+  assert stats.temp_size_in_bytes < all_activations / 50
+  assert stats.output_size_in_bytes < 4 * 4 * 2304 * 4
+
+
+def test_transform_chunk_bounds_memory():
+  images = np.zeros((64, 12, 12, 1), np.float32)
+  wide = lambda x: {"wide": jnp.tile(x, (1, 1, 1, 16))}
+  ts = tr.rotation(np.linspace(-90, 90, 32))
+  sizes = []
+  for chunk in (None, 4):
+    fn, args, _ = engine._prepare(
+        wide, images, ts, [ms.transformation_variance()], batch_size=16,
+        labels=None, stratify=False, layers=None, transform_chunk=chunk,
+        mesh=None, progress=False)
+    sizes.append(fn.lower(*args).compile().memory_analysis()
+                 .temp_size_in_bytes)
+  assert sizes[1] < sizes[0] / 3
+
+
+def test_list_of_measures_equals_separate_calls(images):
+  together = invjax.measure(_model, images, tr.rot90(),
+                            [ms.normalized_variance(),
+                             ms.normalized_variance_same_equivariance()],
+                            batch_size=3)
+  alone = invjax.measure(_model, images, tr.rot90(),
+                         ms.normalized_variance_same_equivariance(),
+                         batch_size=3)
+  np.testing.assert_array_equal(together[1].per_activation["map"],
+                                alone.per_activation["map"])
+
+
+def test_stratified(images):
+  labels = np.array([0, 1, 1, 0, 2, 2, 2, 1, 0, 0, 1])
+  strat = invjax.measure(_model, images, tr.rot90(), ms.normalized_variance(),
+                         batch_size=4, labels=labels, stratify=True)
+  assert sorted(strat.per_class) == [0, 1, 2]
+  for c in (0, 2):
+    alone = invjax.measure(_model, images[labels == c], tr.rot90(),
+                           ms.normalized_variance(), batch_size=4)
+    np.testing.assert_allclose(strat.per_class[c].per_activation["map"],
+                               alone.per_activation["map"], rtol=1e-5)
+  mean = np.mean([strat.per_class[c].per_feature_map["map"]
+                  for c in range(3)], axis=0)
+  np.testing.assert_allclose(strat.per_feature_map["map"], mean, rtol=1e-12)
+
+
+def test_stratified_one_class_equals_unstratified(images):
+  plain = invjax.measure(_model, images, tr.rot90(), ms.normalized_variance(),
+                         batch_size=4)
+  strat = invjax.measure(_model, images, tr.rot90(), ms.normalized_variance(),
+                         batch_size=4, labels=np.full(11, 7), stratify=True)
+  for layer in plain.layers:
+    np.testing.assert_allclose(strat.per_activation[layer],
+                               plain.per_activation[layer], rtol=1e-6)
+  assert list(strat.per_class) == [7]
+
+
+def test_progress_bar(images, capsys):
+  plain = invjax.measure(_model, images, tr.rot90(), ms.normalized_variance(),
+                         batch_size=4)
+  shown = invjax.measure(_model, images, tr.rot90(), ms.normalized_variance(),
+                         batch_size=4, progress=True)
+  err = capsys.readouterr().err
+  assert "3/3" in err
+  np.testing.assert_array_equal(shown.per_activation["map"],
+                                plain.per_activation["map"])
+
+
+_MESH_SCRIPT = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import jax, jax.numpy as jnp, numpy as np
+    import invjax
+    from invjax import measures as ms, transforms as tr
+    assert jax.device_count() == 8, jax.devices()
+    def model(x):
+      h = jnp.tanh(x[..., :1] * 2.0 - x[..., 1:])
+      return {"map": h, "vec": h.mean(axis=(1, 2, 3))[:, None] * jnp.arange(3.0)}
+    images = np.random.default_rng(0).uniform(size=(37, 6, 6, 2)).astype(np.float32)
+    measures = [ms.normalized_variance(), ms.normalized_variance_same_equivariance()]
+    single = invjax.measure(model, images, tr.rot90(), measures, batch_size=12)
+    mesh = jax.make_mesh((8,), ("data",))
+    sharded = invjax.measure(model, images, tr.rot90(), measures, batch_size=12,
+                             mesh=mesh)
+    for a, b in zip(single, sharded):
+      for layer in a.layers:
+        np.testing.assert_allclose(b.per_activation[layer],
+                                   a.per_activation[layer], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(b.extras[layer]["numerator"],
+                                   a.extras[layer]["numerator"], rtol=1e-5, atol=1e-7)
+    print("MESH-OK", sharded[0].settings["batch_size"])
+""")
+
+
+def test_mesh_matches_single_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _MESH_SCRIPT], env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "MESH-OK 16" in out.stdout

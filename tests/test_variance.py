@@ -1,0 +1,266 @@
+"""Variance family vs an independent float64 NumPy two-pass reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import invjax
+from invjax import measures as ms
+from invjax import transforms as tr
+
+N, H, W, C = 13, 8, 8, 2
+
+
+def _model(images):
+  """A fixed small network: conv → tanh (spatial), its global pool, a dense."""
+  k = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, C, 3)),
+                  jnp.float32)
+  conv = jax.lax.conv_general_dilated(images, k, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv = jnp.tanh(conv)
+  pooled = conv.mean(axis=(1, 2))
+  dense = jnp.tanh(pooled @ jnp.ones((3, 4)) + jnp.arange(4.0))
+  return {"conv": conv, "pool": pooled, "dense": dense}
+
+
+@pytest.fixture(scope="module")
+def images():
+  return np.random.default_rng(0).uniform(size=(N, H, W, C)).astype(np.float32)
+
+
+def _reference(images, ts, *, statistic, ddof, same_equivariance=False):
+  """All N×T activations materialized, statistics in float64 (two-pass)."""
+  x = jax.vmap(ts.apply)(jnp.asarray(images))                  # (N,T,H,W,C)
+  n, t = x.shape[:2]
+  acts = _model(x.reshape((n * t,) + x.shape[2:]))
+  out = {}
+  for name, a in acts.items():
+    a = np.asarray(a).reshape((n, t) + a.shape[1:])
+    if same_equivariance:
+      if a.ndim != 5:
+        continue
+      a = np.stack([np.asarray(ts.apply_inverse(jnp.asarray(a[i]),
+                                                input_shape=(H, W)))
+                    for i in range(n)])
+    a = a.astype(np.float64)
+
+    def stat(v, axis):
+      cnt = v.shape[axis]
+      if cnt - ddof <= 0:
+        return np.zeros(np.delete(v.shape, axis))
+      var = ((v - v.mean(axis=axis, keepdims=True))**2).sum(axis) / (cnt - ddof)
+      return np.sqrt(var) if statistic == "std" else var
+
+    tv = stat(a, 1).mean(0)
+    sv = stat(a, 0).mean(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      nv = np.where(sv > 0, tv / np.where(sv > 0, sv, 1),
+                    np.where(tv > 0, np.inf, 1.0))
+    out[name] = dict(tv=tv, sv=sv, nv=nv)
+  return out
+
+
+def _close(actual, expected, rtol=1e-5):
+  scale = max(np.max(np.abs(expected[np.isfinite(expected)]), initial=0), 1e-6)
+  np.testing.assert_array_equal(np.isfinite(actual), np.isfinite(expected))
+  fin = np.isfinite(expected)
+  np.testing.assert_allclose(actual[fin], expected[fin], rtol=rtol,
+                             atol=rtol * scale)
+
+
+@pytest.mark.parametrize("batch_size,chunk", [(1, None), (4, None), (5, 2),
+                                              (13, None), (32, 3)])
+@pytest.mark.parametrize("statistic,ddof", [("variance", 1), ("std", 1),
+                                            ("variance", 0)])
+def test_matches_reference(images, batch_size, chunk, statistic, ddof):
+  ts = tr.rotation([0.0, 20.0, 45.0, 90.0, 135.0])
+  measures = [ms.transformation_variance(statistic=statistic, ddof=ddof),
+              ms.sample_variance(statistic=statistic, ddof=ddof),
+              ms.normalized_variance(statistic=statistic, ddof=ddof)]
+  tv, sv, nv = invjax.measure(_model, images, ts, measures,
+                              batch_size=batch_size, transform_chunk=chunk)
+  ref = _reference(images, ts, statistic=statistic, ddof=ddof)
+  for layer, r in ref.items():
+    _close(tv.per_activation[layer], r["tv"])
+    _close(sv.per_activation[layer], r["sv"])
+    _close(nv.per_activation[layer], r["nv"])
+    _close(nv.extras[layer]["numerator"], r["tv"])
+    _close(nv.extras[layer]["denominator"], r["sv"])
+
+
+@pytest.mark.parametrize("batch_size,chunk", [(4, None), (5, 3)])
+def test_same_equivariance_matches_reference(images, batch_size, chunk):
+  ts = tr.product(tr.rotation([0.0, 30.0, 90.0]),
+                  tr.translation([(0.0, 0.0), (1.0, -2.0)]))
+  measures = [ms.transformation_variance_same_equivariance(),
+              ms.sample_variance_same_equivariance(),
+              ms.normalized_variance_same_equivariance()]
+  tv, sv, nv = invjax.measure(_model, images, ts, measures,
+                              batch_size=batch_size, transform_chunk=chunk)
+  ref = _reference(images, ts, statistic="variance", ddof=1,
+                   same_equivariance=True)
+  assert list(ref) == ["conv"] == nv.layers
+  _close(tv.per_activation["conv"], ref["conv"]["tv"])
+  _close(sv.per_activation["conv"], ref["conv"]["sv"])
+  _close(nv.per_activation["conv"], ref["conv"]["nv"])
+  # Layers without spatial axes are skipped with a note, not a crash.
+  assert "pool" in nv.notes and "dense" in nv.notes
+
+
+def test_per_feature_map_is_ratio_of_means(images):
+  nv = invjax.measure(_model, images, tr.rot90(),
+                      ms.normalized_variance(), batch_size=4)
+  tv = nv.extras["conv"]["numerator"].mean(axis=(0, 1))
+  sv = nv.extras["conv"]["denominator"].mean(axis=(0, 1))
+  np.testing.assert_allclose(nv.per_feature_map["conv"], tv / sv, rtol=1e-12)
+  assert nv.per_layer["conv"] == pytest.approx(np.mean(tv / sv))
+  # Dense layers: per feature map is per activation.
+  np.testing.assert_array_equal(nv.per_feature_map["dense"],
+                                nv.per_activation["dense"])
+
+
+def test_single_transformation_gives_zero_tv(images):
+  tv, nv = invjax.measure(_model, images, tr.rotation([30.0]),
+                          [ms.transformation_variance(),
+                           ms.normalized_variance()], batch_size=4)
+  for layer in tv.layers:
+    np.testing.assert_array_equal(tv.per_activation[layer], 0.0)
+    assert np.all(nv.per_activation[layer] == 0.0)    # 0 / SV, SV > 0
+
+
+def test_single_sample_gives_zero_sv_and_inf_nv(images):
+  sv, nv = invjax.measure(_model, images[:1], tr.rotation([0.0, 45.0]),
+                          [ms.sample_variance(), ms.normalized_variance()],
+                          batch_size=4)
+  np.testing.assert_array_equal(sv.per_activation["dense"], 0.0)
+  assert np.all(np.isinf(nv.per_activation["dense"]))
+  assert nv.zero_division["dense"] == 4
+  assert np.isnan(nv.per_layer["dense"])             # nothing finite to average
+  assert nv.nonfinite_skipped["dense"] == 4
+
+
+def test_identity_model_identity_transforms(images):
+  ident = lambda x: {"input": x}
+  tv, nv = invjax.measure(ident, images, tr.identity(3),
+                          [ms.transformation_variance(),
+                           ms.normalized_variance()], batch_size=5)
+  np.testing.assert_array_equal(tv.per_activation["input"], 0.0)
+  np.testing.assert_array_equal(nv.per_activation["input"], 0.0)
+  assert tv.per_layer["input"] == 0.0
+
+
+def test_constant_model(images):
+  const = lambda x: {"c": jnp.zeros((x.shape[0], 3)) + 2.5}
+  tv, sv, nv = invjax.measure(const, images, tr.rot90(),
+                              [ms.transformation_variance(),
+                               ms.sample_variance(),
+                               ms.normalized_variance()], batch_size=4)
+  np.testing.assert_array_equal(tv.per_activation["c"], 0.0)
+  np.testing.assert_array_equal(sv.per_activation["c"], 0.0)
+  np.testing.assert_array_equal(nv.per_activation["c"], 1.0)    # 0/0 → 1
+  assert nv.zero_division["c"] == 3
+
+
+def test_global_pooling_is_invariant_under_rot90(images):
+  w = jnp.asarray(np.random.default_rng(2).normal(size=(C, 6)), jnp.float32)
+
+  def pooled(x):
+    features = jax.nn.relu(x @ w)           # pointwise: commutes with rot90
+    return {"features": features, "gap": features.mean(axis=(1, 2))}
+
+  tv, nv = invjax.measure(pooled, images, tr.rot90(),
+                          [ms.transformation_variance(),
+                           ms.normalized_variance()], batch_size=6)
+  assert np.max(tv.per_activation["gap"]) < 1e-12
+  sv = nv.extras["gap"]["denominator"]
+  live = sv > 0
+  assert live.sum() >= 3
+  assert np.max(nv.per_activation["gap"][live]) < 1e-9
+  # Dead ReLU units (never positive): 0/0 → 1, and counted.
+  np.testing.assert_array_equal(nv.per_activation["gap"][~live], 1.0)
+  assert nv.zero_division["gap"] == (~live).sum()
+  assert nv.per_layer["features"] > 0.1           # the maps themselves move
+
+
+def test_identity_model_is_same_equivariant_under_rot90(images):
+  tv, nv = invjax.measure(lambda x: {"input": x}, images, tr.rot90(),
+                          [ms.transformation_variance_same_equivariance(),
+                           ms.normalized_variance_same_equivariance()],
+                          batch_size=4)
+  np.testing.assert_array_equal(tv.per_activation["input"], 0.0)
+  np.testing.assert_array_equal(nv.per_activation["input"], 0.0)
+
+
+def test_merge_equals_single_stream():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(10, 4, 3)), jnp.float32)
+  m = ms.normalized_variance()
+  spec = ms.LayerSpec("l", (3,), jnp.float32, 4, 4, 5)
+
+  def run(xs):
+    state = m.init(spec)
+    block = ms.Block(x=xs, mask=jnp.ones(5, bool), t_index=jnp.arange(4),
+                     t_mask=jnp.ones(4, bool), first=jnp.array(True),
+                     last=jnp.array(True))
+    return m.update(state, block)
+
+  merged = m.finalize(m.merge(run(x[:5]), run(x[5:])))
+  whole = m(x)
+  for k in ("values", "numerator", "denominator"):
+    np.testing.assert_allclose(merged[k], whole[k], rtol=1e-5)
+
+
+def test_grad_of_nv_wrt_params(images):
+  def apply(params, x):
+    h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["w"])
+    return {"h": h}
+
+  params = {"w": jnp.asarray(np.random.default_rng(4).normal(
+      size=(H * W * C, 5)) * 0.1, jnp.float32)}
+  acts = invjax.capture.Activations(apply=apply, params=params, key="mlp")
+
+  def loss(p):
+    out = invjax.measure_block(acts, jnp.asarray(images[:6]), tr.rot90(),
+                               ms.normalized_variance(statistic="std"),
+                               params=p)
+    return out["h"]["values"].mean()
+
+  g = jax.grad(loss)(params)["w"]
+  assert np.all(np.isfinite(g)) and np.any(g != 0)
+  # The block function agrees with the streamed measure.
+  streamed = invjax.measure(acts, images[:6], tr.rot90(),
+                            ms.normalized_variance(statistic="std"),
+                            batch_size=6)
+  block = invjax.measure_block(acts, jnp.asarray(images[:6]), tr.rot90(),
+                               ms.normalized_variance(statistic="std"))
+  np.testing.assert_allclose(streamed.per_activation["h"],
+                             block["h"]["values"], rtol=1e-5)
+
+
+def test_bad_settings():
+  with pytest.raises(ValueError, match="statistic"):
+    ms.normalized_variance(statistic="var")
+  with pytest.raises(ValueError, match="ddof"):
+    ms.sample_variance(ddof=-1)
+
+
+def test_save_load_roundtrip(images, tmp_path):
+  nv = invjax.measure(_model, images, tr.rot90(), ms.normalized_variance(),
+                      batch_size=4, labels=np.arange(N) % 2, stratify=True)
+  path = tmp_path / "nv.npz"
+  nv.save(path)
+  back = invjax.load_result(path)
+  assert back.layers == nv.layers and back.measure == nv.measure
+  assert back.settings == nv.settings
+  for layer in nv.layers:
+    np.testing.assert_array_equal(back.per_activation[layer],
+                                  nv.per_activation[layer])
+    np.testing.assert_array_equal(back.per_feature_map[layer],
+                                  nv.per_feature_map[layer])
+    np.testing.assert_array_equal(back.extras[layer]["numerator"],
+                                  nv.extras[layer]["numerator"])
+    assert back.per_layer[layer] == nv.per_layer[layer]
+  assert sorted(back.per_class) == [0, 1]
+  np.testing.assert_array_equal(back.per_class[1].per_activation["conv"],
+                                nv.per_class[1].per_activation["conv"])
