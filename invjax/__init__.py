@@ -9,6 +9,8 @@
 
 from invjax import capture
 from invjax import measures
+from invjax import objectives
+from invjax import similarity
 from invjax import transforms
 from invjax._src.engine import measure
 from invjax._src.engine import measure_block
@@ -24,5 +26,7 @@ __all__ = (
     "measure",
     "measure_block",
     "measures",
+    "objectives",
+    "similarity",
     "transforms",
 )

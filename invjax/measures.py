@@ -7,6 +7,12 @@ evaluated on one in-memory (B, T, ...) block by calling it.
 from invjax._src.base import Block
 from invjax._src.base import LayerSpec
 from invjax._src.base import Measure
+from invjax._src.measures.geed import geed
+from invjax._src.measures.genuine import aligned_saliency
+from invjax._src.measures.genuine import logit_invariance
+from invjax._src.measures.genuine import predictive_invariance
+from invjax._src.measures.genuine import saliency_invariance
+from invjax._src.measures.genuine import saliency_invariance_dataset
 from invjax._src.measures.variance import normalized_variance
 from invjax._src.measures.variance import normalized_variance_same_equivariance
 from invjax._src.measures.variance import sample_variance
@@ -19,9 +25,15 @@ __all__ = (
     "Block",
     "LayerSpec",
     "Measure",
+    "aligned_saliency",
+    "geed",
+    "logit_invariance",
     "normalized_variance",
     "normalized_variance_same_equivariance",
+    "predictive_invariance",
     "safe_divide",
+    "saliency_invariance",
+    "saliency_invariance_dataset",
     "sample_variance",
     "sample_variance_same_equivariance",
     "transformation_variance",

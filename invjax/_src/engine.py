@@ -436,6 +436,7 @@ def measure_block(activations: Any, images: jax.Array, transformations: Any,
   t = x.shape[1]
   out = acts.apply(params, x.reshape((b * t,) + x.shape[2:]))
   names = capture.select_layers(list(out), layers)
+  untransformed = acts.apply(params, images) if measure.needs_identity else None
   results = {}
   for l in names:
     a = out[l].reshape((b, t) + out[l].shape[1:])
@@ -445,8 +446,6 @@ def measure_block(activations: Any, images: jax.Array, transformations: Any,
       inv = lambda p, fm: transformations.action.inverse(p, fm,
                                                          input_shape=(h, w))
       a = jax.vmap(jax.vmap(inv), (None, 0))(transformations.parameters, a)
-    identity = None
-    if measure.needs_identity:
-      identity = acts.apply(params, images)[l]
+    identity = None if untransformed is None else untransformed[l]
     results[l] = measure(a, identity=identity)
   return results
