@@ -6,8 +6,10 @@ Three compiled programs over the same N × T transformed MNIST-shaped images
 (SimpleConv, every layer tapped), each a `lax.scan` over batches:
   forward: transform + forward pass, logits summed (so nothing is elided);
   floor:   forward + one read (a sum) of every tapped activation;
-  measure: `invjax.measure` with normalized variance on every layer.
-Reports median wall times and the ratios measure/forward and measure/floor.
+  measure: `invjax.measure` with normalized variance on every layer;
+  combined: NV, ANOVA and Goodfellow in one `invjax.measure` call.
+Reports median wall times and the ratios measure/forward, measure/floor and
+combined/measure.
 """
 
 from __future__ import annotations
@@ -70,13 +72,19 @@ def main():
   t_floor = _time(lambda: floor(variables, batches), args.repeats)
   t_measure = _time(lambda: invjax.measure(acts, images, ts, nv, batch_size=b)
                     .per_layer, args.repeats)
+  combined = [nv, ms.anova_f(), ms.goodfellow()]
+  t_combined = _time(lambda: [r.per_layer for r in invjax.measure(
+      acts, images, ts, combined, batch_size=b)], args.repeats)
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"N={args.n}, T={args.t}, batch={b}, layers={len(acts.layer_names(images[:1]))}")
   print(f"forward  {t_forward * 1e3:9.1f} ms")
   print(f"floor    {t_floor * 1e3:9.1f} ms  (forward + one read of every tap)")
   print(f"measure  {t_measure * 1e3:9.1f} ms  (NV, every layer)")
+  print(f"combined {t_combined * 1e3:9.1f} ms  (NV + ANOVA + Goodfellow, "
+        "one call)")
   print(f"measure/forward = {t_measure / t_forward:.2f}x   "
-        f"measure/floor = {t_measure / t_floor:.2f}x")
+        f"measure/floor = {t_measure / t_floor:.2f}x   "
+        f"combined/measure = {t_combined / t_measure:.2f}x")
 
 
 if __name__ == "__main__":

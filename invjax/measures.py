@@ -7,7 +7,15 @@ evaluated on one in-memory (B, T, ...) block by calling it.
 from invjax._src.base import Block
 from invjax._src.base import LayerSpec
 from invjax._src.base import Measure
+from invjax._src.measures.anova import anova
+from invjax._src.measures.anova import anova_f
+from invjax._src.measures.distance import distance_invariance
+from invjax._src.measures.distance import distance_same_equivariance
+from invjax._src.measures.distance import normalized_distance
+from invjax._src.measures.distance import sample_distance
+from invjax._src.measures.distance import transformation_distance
 from invjax._src.measures.geed import geed
+from invjax._src.measures.goodfellow import goodfellow
 from invjax._src.measures.genuine import aligned_saliency
 from invjax._src.measures.genuine import logit_invariance
 from invjax._src.measures.genuine import predictive_invariance
@@ -26,16 +34,24 @@ __all__ = (
     "LayerSpec",
     "Measure",
     "aligned_saliency",
+    "anova",
+    "anova_f",
+    "distance_invariance",
+    "distance_same_equivariance",
     "geed",
+    "goodfellow",
     "logit_invariance",
+    "normalized_distance",
     "normalized_variance",
     "normalized_variance_same_equivariance",
     "predictive_invariance",
     "safe_divide",
+    "sample_distance",
     "saliency_invariance",
     "saliency_invariance_dataset",
     "sample_variance",
     "sample_variance_same_equivariance",
+    "transformation_distance",
     "transformation_variance",
     "transformation_variance_same_equivariance",
 )

@@ -93,6 +93,11 @@ class Measure(NamedTuple):
     needs_identity: also hand the untransformed activations to ``update``.
     num_passes: passes over the data (Goodfellow's thresholds need two).
     end_pass: ``(state, pass_index) -> state`` called after each pass.
+    identity_passes: the passes whose ``update`` reads only
+      ``Block.identity`` (``Block.x`` is then None): the engine skips the
+      transformed forward pass for them. The engine schedules a multi-pass
+      measure so that its last pass is the last sweep over the data, shared
+      with the single-pass measures.
   """
   name: str
   init: Callable[[LayerSpec], State]
@@ -104,12 +109,13 @@ class Measure(NamedTuple):
   needs_identity: bool = False
   num_passes: int = 1
   end_pass: Callable[[State, int], State] | None = None
+  identity_passes: tuple[int, ...] = ()
 
   @property
   def key(self) -> tuple[Any, ...]:
     """Hashable identity used to cache compiled programs."""
     return (self.name, self.settings, self.needs_inverse, self.needs_identity,
-            self.num_passes)
+            self.num_passes, self.identity_passes)
 
   def __call__(self, x: Array, *, labels: Array | None = None,
                identity: Array | None = None) -> Mapping[str, Array]:

@@ -173,64 +173,98 @@ def _build_program(plan: _Plan):
     return jax.vmap(lambda s, cm: m.update(s, block._replace(mask=cm)))(
         state, class_masks)
 
-  def batch_step(params, states, inputs, tparams, tmask, pass_index):
+  def local_pass(m, g):
+    """Measure m's own pass at global pass g, or None when m is idle.
+
+    Multi-pass measures start early so that every measure's last pass is the
+    last global pass: single-pass measures then share the final sweep.
+    """
+    p = g - (max_passes - m.num_passes)
+    return p if p >= 0 else None
+
+  def needs_transformed(g):
+    return any(local_pass(m, g) is not None and
+               local_pass(m, g) not in m.identity_passes for m in measures)
+
+  def update_all(states, g, src_of, identity, mask, labels, t_index, t_mask,
+                 first, last):
+    new_states = []
+    for m, st in zip(measures, states):
+      p = local_pass(m, g)
+      if p is None:
+        new_states.append(st)
+        continue
+      src = src_of(m, p)
+      st = dict(st)
+      for l in st:
+        block = base.Block(
+            x=None if src is None else src[l], mask=mask, t_index=t_index,
+            t_mask=t_mask, first=first, last=last, labels=labels,
+            identity=None if identity is None else identity[l], pass_index=p)
+        st[l] = update(m, st[l], block)
+      new_states.append(st)
+    return new_states
+
+  def batch_step(params, states, inputs, tparams, tmask, g):
     imgs, mask, labels, bidx = inputs
     labels = labels if plan.has_labels else None
     imgs = constrain(imgs)
     identity = forward(params, imgs) if plan.need_identity else None
 
-    def chunk_step(states, chunk):
-      tp, tm, ci = chunk
-      x = jax.vmap(lambda img: jax.vmap(lambda p: action.forward(p, img))(tp))(
-          imgs)                                                 # (B,Tc,H,W,C)
-      x = constrain(x)
-      out = forward(params, x.reshape((b * tc,) + x.shape[2:]))
-      out = {l: a.reshape((b, tc) + a.shape[1:]) for l, a in out.items()}
-      inverted = {}
-      if any_inverse:
-        inv = lambda p, fm: action.inverse(p, fm, input_shape=plan.input_hw)
-        for l in layers:
-          if plan.spatial[l]:
-            inverted[l] = jax.vmap(jax.vmap(inv), (None, 0))(tp, out[l])
-      new_states = []
-      for m, st in zip(measures, states):
-        if pass_index >= m.num_passes:
-          new_states.append(st)
-          continue
-        src = inverted if m.needs_inverse else out
-        st = dict(st)
-        for l in st:
-          block = base.Block(
-              x=src[l], mask=mask, t_index=ci * tc + jnp.arange(tc),
-              t_mask=tm, first=ci == 0, last=ci == nc - 1, labels=labels,
-              identity=None if identity is None else identity[l],
-              pass_index=pass_index)
-          st[l] = update(m, st[l], block)
-        new_states.append(st)
-      return new_states, None
-
-    chunks = (tparams, tmask, jnp.arange(nc))
-    if nc == 1:
-      states, _ = chunk_step(states, jax.tree.map(lambda a: a[0], chunks))
+    if not needs_transformed(g):
+      # Every active measure reads only the untransformed activations: one
+      # forward pass of B images instead of B × T.
+      states = update_all(states, g, lambda m, p: None, identity, mask, labels,
+                          jnp.arange(tc), tmask[0], jnp.array(True),
+                          jnp.array(True))
     else:
-      states, _ = jax.lax.scan(chunk_step, states, chunks)
+      def chunk_step(states, chunk):
+        tp, tm, ci = chunk
+        x = jax.vmap(lambda img: jax.vmap(lambda p: action.forward(p, img))(
+            tp))(imgs)                                          # (B,Tc,H,W,C)
+        x = constrain(x)
+        out = forward(params, x.reshape((b * tc,) + x.shape[2:]))
+        out = {l: a.reshape((b, tc) + a.shape[1:]) for l, a in out.items()}
+        inverted = {}
+        if any_inverse:
+          inv = lambda p, fm: action.inverse(p, fm, input_shape=plan.input_hw)
+          for l in layers:
+            if plan.spatial[l]:
+              inverted[l] = jax.vmap(jax.vmap(inv), (None, 0))(tp, out[l])
+        src_of = lambda m, p: (None if p in m.identity_passes else
+                               inverted if m.needs_inverse else out)
+        return update_all(states, g, src_of, identity, mask, labels,
+                          ci * tc + jnp.arange(tc), tm, ci == 0,
+                          ci == nc - 1), None
+
+      chunks = (tparams, tmask, jnp.arange(nc))
+      if nc == 1:
+        states, _ = chunk_step(states, jax.tree.map(lambda a: a[0], chunks))
+      else:
+        states, _ = jax.lax.scan(chunk_step, states, chunks)
     if plan.progress:
-      jax.debug.callback(_progress_tick, bidx + pass_index * plan.num_batches)
+      jax.debug.callback(_progress_tick, bidx + g * plan.num_batches)
     return states
+
+  def end_pass(m, state, g):
+    p = local_pass(m, g)
+    if m.end_pass is None or p is None:
+      return state
+    if k:
+      return jax.vmap(lambda s: m.end_pass(s, p))(state)
+    return m.end_pass(state, p)
 
   def program(params, images, mask, labels, tparams, tmask):
     states = [init_state(m) for m in measures]
     nb = images.shape[0]
-    for p in range(max_passes):
-      def body(states, inputs, p=p):
-        return batch_step(params, states, inputs, tparams, tmask, p), None
-      lab = labels if labels is not None else jnp.zeros(mask.shape, jnp.int32)
+    lab = labels if labels is not None else jnp.zeros(mask.shape, jnp.int32)
+    for g in range(max_passes):
+      def body(states, inputs, g=g):
+        return batch_step(params, states, inputs, tparams, tmask, g), None
       states, _ = jax.lax.scan(body, states,
                                (images, mask, lab, jnp.arange(nb)))
-      states = [
-          {l: (m.end_pass(s, p) if m.end_pass is not None and
-               p < m.num_passes else s) for l, s in st.items()}
-          for m, st in zip(measures, states)]
+      states = [{l: end_pass(m, s, g) for l, s in st.items()}
+                for m, st in zip(measures, states)]
     finalize = lambda m, s: jax.vmap(m.finalize)(s) if k else m.finalize(s)
     return [{l: dict(finalize(m, s)) for l, s in st.items()}
             for m, st in zip(measures, states)]
