@@ -8,6 +8,7 @@
 """
 
 from invjax import capture
+from invjax import flows
 from invjax import measures
 from invjax import objectives
 from invjax import similarity
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = (
     "MeasureResult",
     "capture",
+    "flows",
     "load_result",
     "measure",
     "measure_block",

@@ -7,6 +7,11 @@ evaluated on one in-memory (B, T, ...) block by calling it.
 from invjax._src.base import Block
 from invjax._src.base import LayerSpec
 from invjax._src.base import Measure
+from invjax._src.lie import layerwise_lie_derivative
+from invjax._src.lie import LayerwiseLieDerivative
+from invjax._src.lie import lie_derivative
+from invjax._src.lie import LieDerivative
+from invjax._src.lie import linen_sequential_layers
 from invjax._src.measures.anova import anova
 from invjax._src.measures.anova import anova_f
 from invjax._src.measures.distance import distance_invariance
@@ -32,6 +37,8 @@ from invjax._src.stats import safe_divide
 __all__ = (
     "Block",
     "LayerSpec",
+    "LayerwiseLieDerivative",
+    "LieDerivative",
     "Measure",
     "aligned_saliency",
     "anova",
@@ -40,6 +47,9 @@ __all__ = (
     "distance_same_equivariance",
     "geed",
     "goodfellow",
+    "layerwise_lie_derivative",
+    "lie_derivative",
+    "linen_sequential_layers",
     "logit_invariance",
     "normalized_distance",
     "normalized_variance",

@@ -1,0 +1,41 @@
+"""One-parameter image flows t ↦ warp_t(x) and their tangents at t = 0.
+
+The generators of `invjax.measures.lie_derivative` (Gruver et al. 2023).
+See `invjax._src.flows` for the coordinate conventions.
+"""
+
+from invjax._src.flows import affine_flow
+from invjax._src.flows import brightness
+from invjax._src.flows import contrast
+from invjax._src.flows import flow
+from invjax._src.flows import Flow
+from invjax._src.flows import gain
+from invjax._src.flows import hyperbolic_rotation
+from invjax._src.flows import image_gradient
+from invjax._src.flows import rotation
+from invjax._src.flows import saturation
+from invjax._src.flows import scale
+from invjax._src.flows import shear_x
+from invjax._src.flows import shear_y
+from invjax._src.flows import stretch
+from invjax._src.flows import translation_x
+from invjax._src.flows import translation_y
+
+__all__ = (
+    "Flow",
+    "affine_flow",
+    "brightness",
+    "contrast",
+    "flow",
+    "gain",
+    "hyperbolic_rotation",
+    "image_gradient",
+    "rotation",
+    "saturation",
+    "scale",
+    "shear_x",
+    "shear_y",
+    "stretch",
+    "translation_x",
+    "translation_y",
+)
