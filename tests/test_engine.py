@@ -203,3 +203,20 @@ def test_mesh_matches_single_device():
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "MESH-OK 16" in out.stdout
+
+
+def test_all_families_in_one_call_equal_separate_calls(images):
+  # One program for measures of every family: the shared forward pass and
+  # pass scheduling (Goodfellow's extra passes) must not change any value.
+  def make():
+    return [ms.normalized_variance(), ms.anova_f(), ms.goodfellow(),
+            ms.normalized_distance(), ms.geed(), ms.predictive_invariance(),
+            ms.logit_invariance(), ms.normalized_variance_same_equivariance()]
+  together = invjax.measure(_model, images, tr.rot90(), make(), batch_size=4)
+  for m, res in zip(make(), together):
+    alone = invjax.measure(_model, images, tr.rot90(), m, batch_size=4)
+    assert res.measure == alone.measure
+    assert res.layers == alone.layers
+    for layer in alone.layers:
+      np.testing.assert_allclose(res.per_activation[layer],
+                                 alone.per_activation[layer], rtol=1e-6)
