@@ -1,0 +1,28 @@
+"""Figures of `MeasureResult`s (matplotlib) and per-layer significance tests.
+
+    fig = invjax.plot.heatmap(result)                  # every unit, every layer
+    fig = invjax.plot.layer_curves({"plain": r0, "augmented": r1})
+    fig = invjax.plot.seed_spread({"plain": [...], "augmented": [...]},
+                                  mark_significant=True)
+    fig.savefig("nv.png")
+
+See `invjax._src.plot` and `invjax._src.compare` for the details.
+"""
+
+from invjax._src.compare import compare_layers
+from invjax._src.plot import heatmap
+from invjax._src.plot import heatmap_matrix
+from invjax._src.plot import layer_curves
+from invjax._src.plot import nonfinite_counts
+from invjax._src.plot import relative_depth
+from invjax._src.plot import seed_spread
+
+__all__ = (
+    "compare_layers",
+    "heatmap",
+    "heatmap_matrix",
+    "layer_curves",
+    "nonfinite_counts",
+    "relative_depth",
+    "seed_spread",
+)
