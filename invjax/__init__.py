@@ -11,7 +11,9 @@ from invjax import capture
 from invjax import flows
 from invjax import measures
 from invjax import objectives
+from invjax import plot
 from invjax import similarity
+from invjax import train
 from invjax import transforms
 from invjax._src.engine import measure
 from invjax._src.engine import measure_block
@@ -29,6 +31,8 @@ __all__ = (
     "measure_block",
     "measures",
     "objectives",
+    "plot",
     "similarity",
+    "train",
     "transforms",
 )

@@ -1,0 +1,37 @@
+"""Training classifiers, with augmentation and invariance regularization.
+
+    import invjax.train as T
+    cfg = T.TrainConfig(steps=300, augment=invjax.transforms.rot90(),
+                        regularizer=T.Regularizer(invjax.transforms.rot90()))
+    state = T.fit(model, cfg, images, labels, workdir="runs/a")  # resumable
+    T.evaluate(model, state.variables, x_test, y_test,
+               transformations=invjax.transforms.rot90())
+"""
+
+from invjax._src.train import accuracy
+from invjax._src.train import cross_entropy
+from invjax._src.train import evaluate
+from invjax._src.train import fit
+from invjax._src.train import learning_rate_schedule
+from invjax._src.train import load_checkpoint
+from invjax._src.train import logits_fn
+from invjax._src.train import make_optimizer
+from invjax._src.train import Regularizer
+from invjax._src.train import train_classifier
+from invjax._src.train import TrainConfig
+from invjax._src.train import TrainState
+
+__all__ = (
+    "accuracy",
+    "cross_entropy",
+    "evaluate",
+    "fit",
+    "learning_rate_schedule",
+    "load_checkpoint",
+    "logits_fn",
+    "make_optimizer",
+    "Regularizer",
+    "train_classifier",
+    "TrainConfig",
+    "TrainState",
+)

@@ -1,0 +1,391 @@
+"""invjax.train: schedules, determinism, exact resume, evaluation, the CLI."""
+
+import json
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from invjax import cli
+from invjax import data
+from invjax import models
+from invjax import objectives
+from invjax import train as T
+from invjax import transforms as tr
+from invjax._src import train as train_lib
+
+
+@pytest.fixture(autouse=True)
+def _fast_rng_compile():
+  # Partitionable threefry makes XLA:CPU compile Flax's initializers ~10x
+  # slower; the classic bits keep this file fast (both are deterministic).
+  with jax.threefry_partitionable(False):
+    yield
+
+
+@pytest.fixture(scope="module")
+def digits():
+  x, y = data.load_digits()
+  x, y = data.stratified_subset(x, y, 300, seed=0)
+  return x[:200], y[:200], x[200:], y[200:]
+
+
+def _model(**kw):
+  return models.SimpleConv(**{"channels": 4, "fc": 16, **kw})
+
+
+def _leaves(tree):
+  return [np.asarray(a) for a in jax.tree.leaves(tree)]
+
+
+def _assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(_leaves(a), _leaves(b)):
+    assert x.dtype == y.dtype and x.shape == y.shape
+    np.testing.assert_array_equal(x, y)
+
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(l) for l in f]
+
+
+# ---------------------------------------------------------------------------
+# Configuration and schedule.
+# ---------------------------------------------------------------------------
+
+
+def test_schedule_closed_form():
+  lr = 0.1
+  cos = T.learning_rate_schedule(T.TrainConfig(steps=100, learning_rate=lr))
+  assert float(cos(0)) == pytest.approx(lr, rel=1e-6)
+  assert float(cos(100)) == pytest.approx(0.0, abs=1e-9)
+  assert float(cos(50)) == pytest.approx(lr / 2, rel=1e-6)
+  assert float(cos(25)) == pytest.approx(
+      lr * (1 + math.cos(math.pi / 4)) / 2, rel=1e-6)
+  warm = T.learning_rate_schedule(T.TrainConfig(
+      steps=100, learning_rate=lr, warmup_steps=20))
+  assert float(warm(0)) == 0.0
+  assert float(warm(10)) == pytest.approx(lr / 2, rel=1e-6)
+  assert float(warm(20)) == pytest.approx(lr, rel=1e-6)
+  assert float(warm(60)) == pytest.approx(lr / 2, rel=1e-6)   # mid decay
+  assert float(warm(100)) == pytest.approx(0.0, abs=1e-9)
+  const = T.learning_rate_schedule(T.TrainConfig(
+      steps=100, learning_rate=lr, schedule="constant", warmup_steps=10))
+  assert float(const(5)) == pytest.approx(lr / 2, rel=1e-6)
+  assert float(const(99)) == pytest.approx(lr, rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(steps=0), "steps"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(learning_rate=-1.0), "learning_rate"),
+    (dict(schedule="linear"), "schedule"),
+    (dict(optimizer="lamb"), "optimizer"),
+    (dict(steps=10, warmup_steps=11), "warmup_steps"),
+    (dict(augment=np.zeros(3)), "augment"),
+    (dict(regularizer=T.Regularizer(tr.rot90(), kind="l2")), "kind"),
+    (dict(regularizer=T.Regularizer(tr.rot90(), num_samples=5)),
+     "num_samples"),
+    (dict(regularizer=T.Regularizer(tr.rot90(), weight=-1.0)), "weight"),
+])
+def test_config_rejects_bad_values(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    T.TrainConfig(**kwargs)
+
+
+def test_config_to_dict_is_json():
+  cfg = T.TrainConfig(augment=tr.rot90(),
+                      regularizer=T.Regularizer(tr.flips(), weight=0.5))
+  d = json.loads(json.dumps(cfg.to_dict()))
+  assert d["augment"]["size"] == 4
+  assert d["augment"]["parameters"] == [[0.0], [1.0], [2.0], [3.0]]
+  assert d["regularizer"]["weight"] == 0.5 and d["steps"] == 300
+
+
+def test_batch_order_is_epoch_permutations():
+  cache = {}
+  idx = np.concatenate([train_lib._batch_indices(3, s, 16, 40, cache)
+                        for s in range(5)])                 # 2 epochs
+  for e in range(2):
+    np.testing.assert_array_equal(np.sort(idx[40 * e:40 * (e + 1)]),
+                                  np.arange(40))
+  again = train_lib._batch_indices(3, 3, 16, 40, {})
+  np.testing.assert_array_equal(again, idx[48:64])
+
+
+def test_fit_rejects_bad_data(digits):
+  x, y, _, _ = digits
+  cfg = T.TrainConfig(steps=2)
+  with pytest.raises(ValueError, match="labels"):
+    T.fit(_model(), cfg, x, y[:-1])
+  with pytest.raises(ValueError, match="images"):
+    T.fit(_model(), cfg, x[..., 0], y)
+  with pytest.raises(ValueError, match="eval_data"):
+    T.fit(_model(), cfg, x, y, eval_data=(x,))
+  with pytest.raises(ValueError, match="eval_data's transformations"):
+    T.fit(_model(), cfg, x, y, eval_data=(x, y, "rot90"))
+  with pytest.raises(ValueError, match="until"):
+    T.fit(_model(), cfg, x, y, until=3)
+  with pytest.raises(ValueError, match="TrainConfig"):
+    T.fit(_model(), {"steps": 2}, x, y)
+
+
+# ---------------------------------------------------------------------------
+# Training runs.
+# ---------------------------------------------------------------------------
+
+
+# One step configuration shared by most runs: one compilation (seed, log and
+# checkpoint intervals are not part of it).
+BASE = dict(steps=20, batch_size=16, learning_rate=3e-3, schedule="constant",
+            log_every=5, checkpoint_every=10)
+
+
+def test_loss_decreases_and_metrics(digits, tmp_path):
+  x, y, xt, yt = digits
+  cfg = T.TrainConfig(**{**BASE, "eval_every": 8})
+  records = []
+  state = T.fit(_model(), cfg, x, y, eval_data=(xt, yt), workdir=tmp_path,
+                callback=records.append)
+  lines = _read_metrics(tmp_path)
+  assert lines == records
+  assert [l["step"] for l in lines] == [5, 8, 10, 15, 16, 20]
+  keys = {"step", "loss", "ce", "reg", "lr", "batch_accuracy", "grad_norm",
+          "time"}
+  for i in (0, 2, 3):
+    assert set(lines[i]) == keys
+  assert set(lines[1]) == set(lines[4]) == {"step", "eval_accuracy"}
+  assert set(lines[5]) == keys | {"eval_accuracy"}
+  assert lines[-1]["loss"] < 0.8 * lines[0]["loss"]
+  assert all(l["reg"] == 0.0 and l["loss"] == l["ce"] and
+             l["lr"] == pytest.approx(3e-3, rel=1e-6)
+             for l in lines if "loss" in l)
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["config"] == json.loads(json.dumps(cfg.to_dict()))
+  assert state.step == 20
+  acc = T.evaluate(_model(), state.variables, xt, yt)["accuracy"]
+  assert lines[-1]["eval_accuracy"] == acc > 0.3
+
+
+def test_seed_determinism(digits):
+  x, y, _, _ = digits
+  a = T.fit(_model(), T.TrainConfig(**BASE), x, y)
+  b = T.fit(_model(), T.TrainConfig(**BASE), x, y)
+  c = T.fit(_model(), T.TrainConfig(**BASE, seed=1), x, y)
+  _assert_trees_equal(a.variables, b.variables)
+  _assert_trees_equal(a.opt_state, b.opt_state)
+  assert all(not np.array_equal(p, q) for p, q in
+             zip(_leaves(a.variables), _leaves(c.variables)))
+
+
+def test_resume_is_bit_identical(digits, tmp_path):
+  x, y, _, _ = digits
+  cfg = T.TrainConfig(**BASE)
+  full = T.fit(_model(), cfg, x, y, workdir=tmp_path / "full")
+  full_metrics = _read_metrics(tmp_path / "full")
+  for name in ("short_run", "until"):
+    part = tmp_path / name
+    if name == "short_run":
+      # Interrupted: a 10-step run, then the 20-step run on the same workdir
+      # (with the constant schedule the first 10 updates are the same).
+      first = T.fit(_model(), T.TrainConfig(**{**BASE, "steps": 10}), x, y,
+                    workdir=part)
+    else:
+      # Stopped after 10 steps (what a cosine run needs), plus a stray
+      # metrics line from after the checkpoint, as a crash would leave.
+      first = T.fit(_model(), cfg, x, y, workdir=part, until=10)
+      with open(part / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 12, "loss": 0.0}) + "\n")
+    assert first.step == 10
+    resumed = T.fit(_model(), cfg, x, y, workdir=part)
+    assert resumed.step == 20
+    _assert_trees_equal(full.variables, resumed.variables)
+    _assert_trees_equal(full.opt_state, resumed.opt_state)
+    # The metrics file reads as the uninterrupted run's.
+    assert [{**l, "time": 0} for l in _read_metrics(part)] == [
+        {**l, "time": 0} for l in full_metrics]
+    assert sorted(os.listdir(part / "checkpoints")) == ["10", "20"]
+  # load_checkpoint: same pytree structure and dtypes as the live state.
+  loaded = T.load_checkpoint(part)
+  assert loaded.step == 20
+  _assert_trees_equal(loaded.variables, full.variables)
+  _assert_trees_equal(loaded.opt_state, full.opt_state)
+  earlier = T.load_checkpoint(part, step=10)
+  _assert_trees_equal(earlier.variables, first.variables)
+  # A finished run is returned as is; a different run is refused.
+  again = T.fit(_model(), cfg, x, y, workdir=part)
+  _assert_trees_equal(again.variables, full.variables)
+  with pytest.raises(ValueError, match="learning_rate"):
+    T.fit(_model(), T.TrainConfig(**{**BASE, "learning_rate": 0.1}), x, y,
+          workdir=part)
+  with pytest.raises(ValueError, match="model"):
+    T.fit(_model(fc=8), cfg, x, y, workdir=part)
+  with pytest.raises(ValueError, match="beyond"):
+    T.fit(_model(), T.TrainConfig(**{**BASE, "steps": 5}), x, y,
+          workdir=part)
+
+
+def test_load_checkpoint_errors(tmp_path):
+  with pytest.raises(ValueError, match="no checkpoints"):
+    T.load_checkpoint(tmp_path)
+
+
+def test_batch_norm_model_updates_batch_stats(digits):
+  x, y, xt, _ = digits
+  model = _model(batch_norm=True)
+  cfg = T.TrainConfig(steps=5, batch_size=16, augment=tr.rot90(),
+                      log_every=5)
+  init = train_lib._init_variables(model, 0, jnp.asarray(x[:1]))
+  records = []
+  state = T.fit(model, cfg, x, y, callback=records.append)
+  assert set(state.variables) == {"params", "batch_stats"}
+  for a, b in zip(_leaves(init["batch_stats"]),
+                  _leaves(state.variables["batch_stats"])):
+    assert np.all(np.isfinite(b)) and not np.allclose(a, b)
+  # Eval mode uses the running averages: an image's logits do not depend on
+  # the batch it is evaluated in.
+  f = T.logits_fn(model, state.variables)
+  np.testing.assert_allclose(np.asarray(f(xt[:5])), np.asarray(f(xt))[:5],
+                             rtol=1e-5, atol=1e-5)
+  assert np.isfinite(records[-1]["loss"])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_optimizer_first_update_closed_form(optimizer):
+  lr, wd = 0.1, 0.01
+  cfg = T.TrainConfig(steps=10, learning_rate=lr, optimizer=optimizer,
+                      weight_decay=wd, momentum=0.0)
+  p = {"w": jnp.asarray([1.0, -2.0, 3.0])}
+  g = {"w": jnp.asarray([0.5, 0.25, -4.0])}
+  tx = T.make_optimizer(cfg)
+  updates, _ = tx.update(g, tx.init(p), p)
+  pn, gn = np.asarray(p["w"], np.float64), np.asarray(g["w"], np.float64)
+  if optimizer == "sgd":          # -η (g + wd·θ)
+    expected = -lr * (gn + wd * pn)
+  elif optimizer == "adam":       # L2 in the gradient, then Adam's g/|g|
+    gg = gn + wd * pn
+    expected = -lr * gg / (np.abs(gg) + 1e-8)
+  else:                           # decoupled: -η (g/|g| + wd·θ)
+    expected = -lr * (gn / (np.abs(gn) + 1e-8) + wd * pn)
+  np.testing.assert_allclose(np.asarray(updates["w"]), expected, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation.
+# ---------------------------------------------------------------------------
+
+
+def test_evaluate_against_numpy(digits):
+  x, y, xt, yt = digits
+  model = _model()
+  variables = train_lib._init_variables(model, 3, jnp.asarray(x[:1]))
+  # Labels that the random network gets right about half of the time.
+  logits = np.asarray(model.apply(variables, jnp.asarray(xt)), np.float64)
+  pred = logits.argmax(-1)
+  labels = np.where(np.arange(len(yt)) % 2 == 0, pred, yt).astype(np.int32)
+  expected = np.mean(pred == labels)
+  rotated = np.stack([np.rot90(xt, k, axes=(1, 2)) for k in range(4)], 1)
+  zr = np.asarray(model.apply(variables, jnp.asarray(
+      rotated.reshape((-1,) + xt.shape[1:]))), np.float64)
+  expected_rot = np.mean(zr.argmax(-1) == np.repeat(labels, 4))
+  # batch_size 37 does not divide 100: the last batch is padded and masked.
+  res = T.evaluate(model, variables, xt, labels, batch_size=37,
+                   transformations=tr.rot90())
+  assert res["accuracy"] == pytest.approx(expected, abs=1e-12)
+  assert res["transformed_accuracy"] == pytest.approx(expected_rot, abs=1e-12)
+  same = T.evaluate(model, variables, xt, labels, batch_size=37,
+                    transformations=tr.identity())
+  assert same["transformed_accuracy"] == same["accuracy"] == res["accuracy"]
+  assert T.accuracy(model, variables, xt, labels) == res["accuracy"]
+  with pytest.raises(ValueError, match="labels"):
+    T.evaluate(model, variables, xt, labels[:3])
+  with pytest.raises(ValueError, match="transformations"):
+    T.evaluate(model, variables, xt, labels, transformations="rot90")
+
+
+# ---------------------------------------------------------------------------
+# The regularizer makes the network more invariant (issue 4, through fit).
+# ---------------------------------------------------------------------------
+
+
+class _TinyNet(nn.Module):
+  """A small CNN for 8x8 digits; nothing in it is rotation-invariant."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    del train
+    x = nn.relu(nn.Conv(8, (3, 3))(x))
+    x = nn.relu(nn.Conv(16, (3, 3), strides=(2, 2))(x))
+    return nn.Dense(10)(x.reshape((x.shape[0], -1)))
+
+
+def test_regularizer_lowers_heldout_invariance_error():
+  x, y = data.load_digits(size=8)
+  x_train, y_train, x_test = x[:1200], y[:1200], x[1200:]
+  errors = {}
+  for weight in (0.0, 1.0):
+    cfg = T.TrainConfig(
+        steps=150, batch_size=32, learning_rate=3e-3, schedule="constant",
+        augment=tr.rot90(), log_every=150,
+        # λ = 0 trains without the term but still logs the error (and the
+        # two runs share one compilation).
+        regularizer=T.Regularizer(tr.rot90(), weight=weight))
+    records = []
+    state = T.fit(_TinyNet(), cfg, x_train, y_train, callback=records.append)
+    f = T.logits_fn(_TinyNet(), state.variables)
+    # Held-out orbits, and an independent NumPy/float64 logit spread.
+    orbit = np.stack([np.rot90(x_test, k, axes=(1, 2)) for k in range(4)], 1)
+    z = np.asarray(f(orbit.reshape((-1, 8, 8, 1))), np.float64).reshape(
+        len(x_test), 4, -1)
+    spread = np.mean(np.sum((z - z.mean(1, keepdims=True)) ** 2, -1))
+    ie = float(objectives.invariance_error(
+        lambda v, im: _TinyNet().apply(v, im), state.variables, x_test,
+        tr.rot90()))
+    assert ie == pytest.approx(spread, rel=1e-4)
+    acc = T.evaluate(_TinyNet(), state.variables, x[1200:], y[1200:],
+                     transformations=tr.rot90())["transformed_accuracy"]
+    r = records[-1]
+    assert r["loss"] == pytest.approx(r["ce"] + weight * r["reg"], rel=1e-5)
+    errors[weight] = (spread, acc, r["reg"])
+  (e0, acc0, r0), (e1, acc1, r1) = errors[0.0], errors[1.0]
+  assert r1 < 0.5 * r0, errors          # also on the training orbits
+  assert e1 < 0.5 * e0, errors
+  assert acc0 > 0.5 and acc1 > 0.5, errors
+
+
+# ---------------------------------------------------------------------------
+# The command line.
+# ---------------------------------------------------------------------------
+
+
+def test_cli_train_writes_and_resumes(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  argv = ["train", "--model", "simpleconv", "--width", "4", "--dataset",
+          "digits", "--num-train", "200", "--num-test", "40", "--steps", "6",
+          "--batch-size", "16", "--augment", "rot90", "--regularizer", "kl",
+          "--reg-weight", "0.5", "--reg-samples", "3", "--log-every", "3",
+          "--checkpoint-every", "3", "--workdir", str(workdir), "--quiet"]
+  assert cli.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "test accuracy" in out and "rot90 accuracy" in out
+  lines = _read_metrics(workdir)
+  assert [l["step"] for l in lines] == [3, 6]
+  for l in lines:
+    assert l["reg"] > 0 and l["loss"] == pytest.approx(
+        l["ce"] + 0.5 * l["reg"], rel=1e-5)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+  with open(workdir / "eval.json") as f:
+    ev = json.load(f)
+  assert ev["step"] == 6 and ev["num_test"] == 40
+  assert ev["accuracy"] == lines[-1]["eval_accuracy"]
+  assert ev["transformed_accuracy"] == lines[-1]["eval_transformed_accuracy"]
+  # Rerun: resumes from the final checkpoint, trains nothing more.
+  assert cli.main(argv) == 0
+  assert _read_metrics(workdir) == lines
+  with pytest.raises(SystemExit, match="width"):
+    cli.main(argv[:3] + ["--width", "0"])
