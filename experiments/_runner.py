@@ -1,0 +1,551 @@
+"""Shared machinery of the experiments: configs, run directories, records.
+
+A run directory holds everything needed to check or redo a run:
+
+    config.json        the resolved config (after presets, smoke mode, --set)
+    environment.json   git commit, library versions, seeds, command, runtime
+    metrics.json       the experiment's summary numbers
+    results.md         the Markdown tables, the finding, the exact command
+    *.npz              MeasureResults (`invjax.load_result`)
+    *.png              figures
+    checkpoints/<m>/   the training workdir of model <m> (Orbax checkpoints and
+                       metrics.jsonl; a rerun with the same --out resumes)
+    train_logs/<m>.jsonl  a copy of each model's training metrics
+
+Results written for the repository (``keep_checkpoints=False``) drop the
+checkpoints and keep the logs; ``compact_results`` (the default) stores each
+result's per-feature-map values in place of the per-activation arrays, which
+keeps a result file at a few kB instead of a few MB.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import importlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = EXPERIMENTS_DIR.parent
+
+# name -> module, in the order `invjax experiment --list` prints them.
+REGISTRY = {
+    "mnist_rotation_augmentation": "experiments.mnist_rotation_augmentation",
+    "random_init_stability": "experiments.random_init_stability",
+    "architectures_cifar10": "experiments.architectures_cifar10",
+    "genuine_invariance": "experiments.genuine_invariance",
+    "shared_invariance": "experiments.shared_invariance",
+}
+
+# Keys every config has; the runner and `fit` read them.
+COMMON = dict(
+    seed=0,                 # base seed: model i of a run uses seed + i
+    data_dir=None,          # None: $INVJAX_DATA, else ../shared/data
+    keep_checkpoints=True,  # False: delete checkpoints/ at the end
+    compact_results=True,   # per-feature-map arrays only in the .npz files
+    progress=False,         # tqdm bars while training and measuring
+)
+
+# Smoke settings shared by the digit experiments. Equal models, batch sizes
+# and step counts share compiled programs within one process (the train step,
+# the initializer, the measure program), which is most of a smoke run's time.
+SMOKE_DIGITS = dict(dataset="digits", n_train=200, n_measure=16, channels=4,
+                    fc=8, steps=10, batch_size=32, measure_batch_size=16)
+
+_VERBOSE = [True]
+
+
+def log(message: str) -> None:
+  """Prints a progress line (silenced by ``run_experiment(quiet=True)``)."""
+  if _VERBOSE[0]:
+    print(message, flush=True)
+
+
+# ----------------------------------------------------------------------------
+# Registry and configs.
+# ----------------------------------------------------------------------------
+
+
+def names() -> list[str]:
+  """The registered experiment names."""
+  return list(REGISTRY)
+
+
+def get_experiment(name: str):
+  """The module of experiment ``name``.
+
+  Raises:
+    ValueError: ``name`` is not registered (the message lists the names).
+  """
+  if name not in REGISTRY:
+    raise ValueError(f"unknown experiment {name!r}; available: "
+                     f"{', '.join(REGISTRY)}")
+  return importlib.import_module(REGISTRY[name])
+
+
+class Config(dict):
+  """A dict whose keys are also attributes (a small ml_collections stand-in).
+
+  Plain JSON-able values only, so ``json.dumps(config)`` is the record.
+  """
+
+  def __getattr__(self, key: str) -> Any:
+    try:
+      return self[key]
+    except KeyError:
+      raise AttributeError(key) from None
+
+  def __setattr__(self, key: str, value: Any) -> None:
+    self[key] = value
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+  """Converts an override to the type of its default (ints stay ints...)."""
+  if default is None or value is None:
+    return value
+  if isinstance(default, bool):
+    if isinstance(value, str):
+      if value.lower() in ("true", "1", "yes"):
+        return True
+      if value.lower() in ("false", "0", "no"):
+        return False
+    if not isinstance(value, (bool, np.bool_)):
+      raise ValueError(f"config key {key!r} takes a bool, got {value!r}")
+    return bool(value)
+  if isinstance(default, int):
+    if isinstance(value, float) and value.is_integer():
+      value = int(value)
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+      raise ValueError(f"config key {key!r} takes an int, got {value!r}")
+    return int(value)
+  if isinstance(default, float):
+    if not isinstance(value, (int, float, np.number)) or isinstance(value,
+                                                                    bool):
+      raise ValueError(f"config key {key!r} takes a number, got {value!r}")
+    return float(value)
+  if isinstance(default, (list, tuple)):
+    if not isinstance(value, (list, tuple)):
+      value = [value]
+    return list(value)
+  if isinstance(default, str) and not isinstance(value, str):
+    raise ValueError(f"config key {key!r} takes a string, got {value!r}")
+  return value
+
+
+def make_config(defaults: Mapping[str, Any], *, smoke: bool,
+                smoke_settings: Mapping[str, Any],
+                presets: Mapping[str, Mapping[str, Any]] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+  """Resolves a config: defaults, a preset, smoke mode, then overrides.
+
+  Args:
+    defaults: the experiment's keys and their "CPU full" values (merged with
+      `COMMON`).
+    smoke: apply ``smoke_settings`` (tiny data, few steps, small widths).
+    smoke_settings: the smoke-mode values.
+    presets: named sets of values, chosen by ``overrides["preset"]`` (e.g.
+      ``"gpu"`` for the paper-scale settings).
+    overrides: ``key=value`` settings; unknown keys are an error.
+
+  Returns:
+    The resolved `Config`, with ``smoke`` and ``preset`` recorded.
+
+  Raises:
+    ValueError: an unknown key or preset, or a value of the wrong type.
+  """
+  base = dict(COMMON)
+  base.update(copy.deepcopy(dict(defaults)))
+  overrides = dict(overrides or {})
+  presets = dict(presets or {})
+  preset = overrides.pop("preset", "cpu")
+  if preset != "cpu" and preset not in presets:
+    raise ValueError(f"unknown preset {preset!r}; available: "
+                     f"{', '.join(['cpu', *presets])}")
+  layers = [presets.get(preset, {})]
+  if smoke:
+    layers.append(smoke_settings)
+  layers.append(overrides)
+  for layer in layers:
+    for key, value in layer.items():
+      if key not in base:
+        raise ValueError(f"unknown config key {key!r}; known keys: "
+                         f"{', '.join(sorted(base))}")
+      base[key] = _coerce(key, value, base[key])
+  return Config(base, smoke=bool(smoke), preset=preset)
+
+
+def check_choice(config: Mapping[str, Any], key: str,
+                 choices: Sequence[Any]) -> None:
+  """Raises ValueError unless ``config[key]`` is one of ``choices``."""
+  if config[key] not in choices:
+    raise ValueError(f"{key} must be one of {list(choices)}, got "
+                     f"{config[key]!r}")
+
+
+def parse_set(items: Iterable[str]) -> dict[str, Any]:
+  """Parses ``--set key=value`` items: Python literals, else strings.
+
+  Raises:
+    ValueError: an item without ``=``.
+  """
+  out = {}
+  for item in items:
+    if "=" not in item:
+      raise ValueError(f"--set expects key=value, got {item!r}")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    text = text.strip()
+    if text.lower() in ("true", "false", "none", "null"):
+      value = {"true": True, "false": False}.get(text.lower())
+    else:
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = text
+    out[key] = value
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Data.
+# ----------------------------------------------------------------------------
+
+
+def data_dir(config: Mapping[str, Any]) -> pathlib.Path:
+  """``config["data_dir"]``, else ``$INVJAX_DATA``, else ``../shared/data``."""
+  if config.get("data_dir"):
+    return pathlib.Path(config["data_dir"])
+  if os.environ.get("INVJAX_DATA"):
+    return pathlib.Path(os.environ["INVJAX_DATA"])
+  return REPO_ROOT.parent / "shared" / "data"
+
+
+def load_digit_data(config: Mapping[str, Any]):
+  """Train and measurement data for the MNIST-like experiments.
+
+  ``digits``: scikit-learn's 1,797 digits at 28×28; a stratified
+  ``n_measure`` of them are held out for measuring, the rest (at most
+  ``n_train``) train. ``mnist``: ``n_train`` stratified training images and
+  ``n_measure`` stratified test images. Images stay in [0, 1], so the
+  zero padding of rotations matches the black background.
+
+  Returns:
+    ``(train_x, train_y, test_x, test_y)`` NumPy arrays.
+  """
+  from invjax import data  # pylint: disable=g-import-not-at-top
+  dataset, seed = config["dataset"], config["data_seed"]
+  n_train, n_measure = config["n_train"], config["n_measure"]
+  if dataset == "digits":
+    x, y = data.load_digits()
+    test = data.stratified_indices(y, n_measure, seed=seed)
+    rest = np.setdiff1d(np.arange(len(y)), test)
+    if n_train and n_train < len(rest):
+      rest = rest[data.stratified_indices(y[rest], n_train, seed=seed + 1)]
+    return x[rest], y[rest], x[test], y[test]
+  if dataset == "mnist":
+    root = data_dir(config)
+    tx, ty = data.load_mnist("train", data_dir=root, download=False)
+    if n_train and n_train < len(ty):
+      tx, ty = data.stratified_subset(tx, ty, n_train, seed=seed + 1)
+    vx, vy = data.load_mnist("test", data_dir=root, download=False)
+    vx, vy = data.stratified_subset(vx, vy, n_measure, seed=seed)
+    return tx, ty, vx, vy
+  raise ValueError(f"dataset must be 'digits' or 'mnist', got {dataset!r}")
+
+
+# ----------------------------------------------------------------------------
+# Training.
+# ----------------------------------------------------------------------------
+
+
+def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
+        seed: int, augment=None, regularizer=None, steps: int | None = None):
+  """Trains ``model`` with `invjax.train.fit` in ``outdir/checkpoints/label``.
+
+  Returns:
+    The trained variables.
+  """
+  import invjax.train as T  # pylint: disable=g-import-not-at-top
+  steps = int(config["steps"] if steps is None else steps)
+  cfg = T.TrainConfig(
+      steps=steps, batch_size=int(config["batch_size"]),
+      learning_rate=float(config["learning_rate"]),
+      schedule=config.get("schedule", "cosine"), seed=int(seed),
+      augment=augment, regularizer=regularizer,
+      log_every=max(1, min(50, steps)))
+  workdir = pathlib.Path(outdir) / "checkpoints" / label
+  t0 = time.perf_counter()
+  state = T.fit(model, cfg, images, labels, workdir=str(workdir),
+                progress=bool(config.get("progress")))
+  log(f"  trained {label} ({type(model).__name__}, {steps} steps, seed "
+      f"{seed}) in {time.perf_counter() - t0:.1f}s")
+  return state.variables
+
+
+def evaluate(model, variables, images, labels, transformations=None) -> dict:
+  """`invjax.train.evaluate` with plain-float outputs."""
+  import invjax.train as T  # pylint: disable=g-import-not-at-top
+  out = T.evaluate(model, variables, images, labels,
+                   transformations=transformations)
+  return {k: float(v) for k, v in out.items()}
+
+
+def not_output(name: str) -> bool:
+  """Layer filter: every layer but ``"output"`` (a copy of the logits)."""
+  return name != "output"
+
+
+# ----------------------------------------------------------------------------
+# Records.
+# ----------------------------------------------------------------------------
+
+
+def _fm_mean(a: np.ndarray) -> np.ndarray:
+  return a.mean(axis=tuple(range(a.ndim - 1))) if a.ndim >= 2 else a
+
+
+def compact(result):
+  """A copy of a MeasureResult keeping per-feature-map values only.
+
+  ``per_activation`` becomes ``per_feature_map`` and every extra its mean
+  over spatial positions; ``per_layer`` and ``per_feature_map`` are exact.
+  """
+  per_fm = {l: np.asarray(v) for l, v in result.per_feature_map.items()}
+  extras = {l: {k: _fm_mean(np.asarray(v)) for k, v in e.items()}
+            for l, e in result.extras.items()}
+  settings = dict(result.settings,
+                  compact="per_activation holds per-feature-map values")
+  per_class = None
+  if result.per_class is not None:
+    per_class = {c: compact(r) for c, r in result.per_class.items()}
+  return dataclasses.replace(result, per_activation=dict(per_fm),
+                             per_feature_map=per_fm, extras=extras,
+                             settings=settings, per_class=per_class)
+
+
+def save_result(outdir, name: str, result, config: Mapping[str, Any]) -> str:
+  """Saves a MeasureResult as ``outdir/name.npz``; returns the file name."""
+  if config.get("compact_results", True):
+    result = compact(result)
+  path = pathlib.Path(outdir) / f"{name}.npz"
+  result.save(path)
+  return path.name
+
+
+def save_figure(outdir, name: str, fig) -> str:
+  """Saves a matplotlib figure as ``outdir/name.png`` and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(outdir) / f"{name}.png"
+  fig.savefig(path, dpi=80, bbox_inches="tight")
+  plt.close(fig)
+  return path.name
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+  """A table cell: floats to ``digits`` significant digits."""
+  if isinstance(value, (float, np.floating)):
+    if not np.isfinite(value):
+      return str(float(value))
+    return f"{float(value):.{digits}g}"
+  return str(value)
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
+          ) -> dict:
+  """A summary table ``{"title", "header", "rows"}``, cells as text."""
+  return {"title": title, "header": list(header),
+          "rows": [[fmt(c) for c in row] for row in rows]}
+
+
+def markdown(tab: Mapping[str, Any]) -> str:
+  lines = [f"### {tab['title']}", "",
+           "| " + " | ".join(tab["header"]) + " |",
+           "|" + "|".join("---" for _ in tab["header"]) + "|"]
+  lines += ["| " + " | ".join(row) + " |" for row in tab["rows"]]
+  return "\n".join(lines) + "\n"
+
+
+def _git_commit() -> str | None:
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=10,
+                         check=False)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  if out.returncode != 0:
+    return None
+  return out.stdout.strip() or None
+
+
+def environment() -> dict:
+  """Git commit and library versions (None for anything unavailable)."""
+  versions = {}
+  for package, module in (("jax", "jax"), ("jaxlib", "jaxlib"),
+                          ("flax", "flax"), ("optax", "optax"),
+                          ("dm-pix", "dm_pix"), ("numpy", "numpy"),
+                          ("invjax", "invjax")):
+    try:
+      versions[package] = getattr(importlib.import_module(module),
+                                  "__version__", None)
+    except ImportError:
+      versions[package] = None
+  import jax  # pylint: disable=g-import-not-at-top
+  return {"git_commit": _git_commit(), "versions": versions,
+          "python": sys.version.split()[0],
+          "devices": [str(d) for d in jax.devices()]}
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (np.floating, float)):
+    return float(x) if np.isfinite(x) else str(float(x))
+  if isinstance(x, np.ndarray):
+    return _jsonable(x.tolist())
+  return x
+
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+  path.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def command_line(name: str, *, smoke: bool, out: Any, overrides: Mapping
+                 ) -> str:
+  """The `invjax experiment` command that reproduces a run."""
+  parts = ["invjax", "experiment", name]
+  if smoke:
+    parts.append("--smoke")
+  if out is not None:
+    parts += ["--out", str(out)]
+  for key, value in overrides.items():
+    parts += ["--set", f"{key}={value!r}" if isinstance(value, str) and
+              " " in value else f"{key}={value}"]
+  return " ".join(parts)
+
+
+def default_outdir(name: str) -> pathlib.Path:
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  path = EXPERIMENTS_DIR / "runs" / name / stamp
+  i = 1
+  while path.exists():
+    path = EXPERIMENTS_DIR / "runs" / name / f"{stamp}-{i}"
+    i += 1
+  return path
+
+
+def write_results_md(outdir: pathlib.Path, name: str, module, config,
+                     summary: Mapping[str, Any], env: Mapping[str, Any],
+                     command: str, runtime_s: float) -> str:
+  """Writes results.md: tables and finding first, provenance last."""
+  doc = (module.__doc__ or "").strip().splitlines()
+  lines = [f"# {name}", ""]
+  if doc:
+    lines += [doc[0], ""]
+  if config.get("smoke"):
+    lines += ["*Smoke mode: tiny data and few steps; the numbers only show "
+              "that the pipeline runs.*", ""]
+  for tab in summary.get("tables", []):
+    lines.append(markdown(tab))
+  if summary.get("findings"):
+    lines.append("### Finding\n")
+    lines += [f"* {f}" for f in summary["findings"]]
+    lines.append("")
+  files = sorted(p.name for p in outdir.iterdir()
+                 if p.suffix in (".npz", ".png"))
+  lines += ["### Files", "", ", ".join(f"`{f}`" for f in files), ""]
+  # Provenance last: everything above it is deterministic for a seed.
+  lines += ["## Provenance", "",
+            f"* command: `{command}`",
+            f"* git commit: `{env.get('git_commit')}`",
+            "* versions: " + ", ".join(f"{k} {v}" for k, v in
+                                       env["versions"].items()),
+            f"* devices: {', '.join(env['devices'])}",
+            f"* runtime: {runtime_s:.0f} s", ""]
+  text = "\n".join(lines)
+  (outdir / "results.md").write_text(text)
+  return text
+
+
+def _collect_train_logs(outdir: pathlib.Path, keep_checkpoints: bool) -> None:
+  ckpt = outdir / "checkpoints"
+  if not ckpt.is_dir():
+    return
+  logs = outdir / "train_logs"
+  for workdir in sorted(p for p in ckpt.iterdir() if p.is_dir()):
+    metrics = workdir / "metrics.jsonl"
+    if metrics.is_file():
+      logs.mkdir(exist_ok=True)
+      shutil.copyfile(metrics, logs / f"{workdir.name}.jsonl")
+  if not keep_checkpoints:
+    shutil.rmtree(ckpt)
+
+
+def run_experiment(name: str, *, smoke: bool = False, out: Any = None,
+                   seed: int | None = None, dataset: str | None = None,
+                   overrides: Mapping[str, Any] | None = None,
+                   quiet: bool = False, command: str | None = None
+                   ) -> tuple[pathlib.Path, dict]:
+  """Runs one experiment and records it.
+
+  Args:
+    name: a registered experiment (see `names`).
+    smoke: tiny, fast settings (a test that the pipeline runs end to end).
+    out: output directory; default ``experiments/runs/<name>/<timestamp>``.
+    seed: overrides ``config.seed``.
+    dataset: overrides ``config.dataset``.
+    overrides: other ``key=value`` settings (``preset="gpu"`` selects the
+      paper-scale settings where an experiment has them).
+    quiet: no progress lines.
+    command: the command line to record (default: reconstructed).
+
+  Returns:
+    ``(outdir, summary)``; the summary also holds ``"markdown"``, the text of
+    results.md.
+  """
+  module = get_experiment(name)
+  overrides = dict(overrides or {})
+  if seed is not None:
+    overrides["seed"] = seed
+  if dataset is not None:
+    overrides["dataset"] = dataset
+  config = module.get_config(smoke=smoke, **overrides)
+  outdir = pathlib.Path(out) if out is not None else default_outdir(name)
+  outdir.mkdir(parents=True, exist_ok=True)
+  if command is None:
+    command = command_line(name, smoke=smoke, out=out, overrides=overrides)
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  previous = _VERBOSE[0]
+  _VERBOSE[0] = not quiet
+  try:
+    env = environment()
+    _write_json(outdir / "config.json", config)
+    log(f"{name}: writing to {outdir}")
+    t0 = time.perf_counter()
+    summary = dict(module.run(config, outdir))
+    runtime = time.perf_counter() - t0
+    _collect_train_logs(outdir, config.get("keep_checkpoints", True))
+    env.update(command=command, runtime_s=runtime,
+               seeds=summary.get("seeds", [config["seed"]]),
+               smoke=bool(smoke), preset=config.get("preset"))
+    _write_json(outdir / "environment.json", env)
+    _write_json(outdir / "metrics.json", summary.get("metrics", {}))
+    summary["markdown"] = write_results_md(outdir, name, module, config,
+                                           summary, env, command, runtime)
+  finally:
+    _VERBOSE[0] = previous
+  return outdir, summary

@@ -1,0 +1,244 @@
+"""Every experiment in smoke mode, end to end, plus the runner and the CLI.
+
+The smoke settings share models and batch shapes so the five runs reuse
+compiled programs; checks recompute the recorded numbers independently
+(NumPy/SciPy in float64) from the files each run wrote.
+"""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+import invjax  # pylint: disable=g-import-not-at-top
+from experiments import _runner  # pylint: disable=g-import-not-at-top
+from invjax import cli  # pylint: disable=g-import-not-at-top
+
+NAMES = ("mnist_rotation_augmentation", "random_init_stability",
+         "architectures_cifar10", "genuine_invariance", "shared_invariance")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Runs each experiment once (lazily) in smoke mode."""
+  cache = {}
+
+  def get(name, tag="a"):
+    if (name, tag) not in cache:
+      out = tmp_path_factory.mktemp(f"{name}_{tag}")
+      cache[(name, tag)] = _runner.run_experiment(name, smoke=True, out=out,
+                                                  quiet=True)
+    return cache[(name, tag)]
+
+  return get
+
+
+def _check_common(outdir: pathlib.Path, summary: dict, name: str) -> dict:
+  config = json.loads((outdir / "config.json").read_text())
+  assert config["smoke"] is True and config["seed"] == 0
+  env = json.loads((outdir / "environment.json").read_text())
+  assert set(env["versions"]) >= {"jax", "flax", "optax", "dm-pix", "numpy",
+                                  "invjax"}
+  assert env["command"].startswith(f"invjax experiment {name} --smoke")
+  metrics = json.loads((outdir / "metrics.json").read_text())
+  md = (outdir / "results.md").read_text()
+  assert md == summary["markdown"]
+  assert md.startswith(f"# {name}") and "| " in md and "## Provenance" in md
+  assert list(outdir.glob("*.npz")) and list(outdir.glob("*.png"))
+  # Each trained model's checkpoint dir and a copy of its training log.
+  logs = sorted(p.stem for p in (outdir / "train_logs").glob("*.jsonl"))
+  ckpts = sorted(p.name for p in (outdir / "checkpoints").iterdir())
+  assert logs == ckpts and logs
+  return metrics
+
+
+def test_registry_and_config():
+  assert _runner.names() == list(NAMES)
+  with pytest.raises(ValueError, match="mnist_rotation_augmentation"):
+    _runner.get_experiment("nope")
+  exp = _runner.get_experiment("mnist_rotation_augmentation")
+  full, smoke = exp.get_config(), exp.get_config(smoke=True, steps=3)
+  assert full.dataset == "digits" and full.steps == 1000
+  assert smoke.steps == 3 and smoke.channels == 4 and smoke.smoke
+  assert exp.get_config(dataset="mnist").n_measure == 1000
+  assert exp.get_config(preset="gpu").n_train == 60000
+  with pytest.raises(ValueError, match="unknown config key 'stepz'"):
+    exp.get_config(stepz=3)
+  with pytest.raises(ValueError, match="takes an int"):
+    exp.get_config(steps="many")
+  with pytest.raises(ValueError, match="unknown preset"):
+    exp.get_config(preset="tpu")
+  assert _runner.parse_set(["steps=5", "lr=1e-3", "dataset=mnist",
+                            "keep_checkpoints=false", "archs=['a','b']"]) == {
+                                "steps": 5, "lr": 1e-3, "dataset": "mnist",
+                                "keep_checkpoints": False,
+                                "archs": ["a", "b"]}
+  with pytest.raises(ValueError, match="key=value"):
+    _runner.parse_set(["steps"])
+
+
+def test_compact_keeps_per_feature_map_values():
+  rng = np.random.default_rng(0)
+  num = rng.uniform(0.5, 2.0, (3, 3, 4))
+  den = rng.uniform(0.5, 2.0, (3, 3, 4))
+  full = invjax.MeasureResult.from_outputs(
+      "nv", {}, {"conv": {"values": num / den, "numerator": num,
+                          "denominator": den}})
+  small = _runner.compact(full)
+  # NV per feature map is the ratio of spatial means (tmeasures' rule).
+  expect = num.mean(axis=(0, 1)) / den.mean(axis=(0, 1))
+  np.testing.assert_allclose(small.per_feature_map["conv"], expect,
+                             rtol=1e-12)
+  np.testing.assert_allclose(small.per_activation["conv"], expect, rtol=1e-12)
+  assert small.per_layer["conv"] == pytest.approx(expect.mean(), rel=1e-12)
+  np.testing.assert_allclose(small.extras["conv"]["numerator"],
+                             num.mean(axis=(0, 1)), rtol=1e-12)
+
+
+def test_mnist_rotation_augmentation(runs):
+  outdir, summary = runs(NAMES[0])
+  metrics = _check_common(outdir, summary, NAMES[0])
+  for label in ("plain", "augmented"):
+    result = invjax.load_result(outdir / f"nv_{label}.npz")
+    assert result.layers[-1] == "logits" and "output" not in result.layers
+    # The per-layer value is the finite mean of the per-feature-map values.
+    for layer in result.layers:
+      fm = np.asarray(result.per_feature_map[layer], np.float64)
+      assert result.per_layer[layer] == pytest.approx(
+          fm[np.isfinite(fm)].mean(), rel=1e-12)
+      assert metrics["nv_per_layer"][label][layer] == pytest.approx(
+          result.per_layer[layer], rel=1e-12)
+    acc = metrics["accuracy"][label]
+    assert 0 <= acc["accuracy"] <= 1 and 0 <= acc["transformed_accuracy"] <= 1
+  for f in ("layer_curves.png", "heatmap_plain.png", "heatmap_augmented.png"):
+    assert (outdir / f).stat().st_size > 1000
+
+
+def test_mnist_rotation_augmentation_is_deterministic(runs):
+  (a, sa), (b, sb) = runs(NAMES[0]), runs(NAMES[0], "b")
+  assert (sa["markdown"].split("## Provenance")[0] ==
+          sb["markdown"].split("## Provenance")[0])
+  for label in ("plain", "augmented"):
+    ra = invjax.load_result(a / f"nv_{label}.npz")
+    rb = invjax.load_result(b / f"nv_{label}.npz")
+    assert ra.per_layer == rb.per_layer
+  assert (json.loads((a / "metrics.json").read_text()) ==
+          json.loads((b / "metrics.json").read_text()))
+
+
+def test_random_init_stability(runs):
+  outdir, summary = runs(NAMES[1])
+  metrics = _check_common(outdir, summary, NAMES[1])
+  assert json.loads((outdir / "environment.json").read_text())["seeds"] == [
+      0, 1]
+  groups = {g: [invjax.load_result(outdir / f"nv_{g}_seed{s}.npz")
+                for s in (0, 1)] for g in ("plain", "augmented")}
+  for layer, rec in metrics["per_layer"].items():
+    p = np.array([r.per_layer[layer] for r in groups["plain"]])
+    a = np.array([r.per_layer[layer] for r in groups["augmented"]])
+    spread = np.sqrt((p.var(ddof=1) + a.var(ddof=1)) / 2)
+    assert rec["spread"] == pytest.approx(spread, rel=1e-9)
+    assert rec["ratio"] == pytest.approx(abs(a.mean() - p.mean()) / spread,
+                                         rel=1e-9)
+    welch = stats.ttest_ind(a, p, equal_var=False)
+    assert rec["pvalue"] == pytest.approx(welch.pvalue, rel=1e-6)
+  assert (outdir / "seed_spread.png").is_file()
+
+
+def test_architectures_cifar10(runs):
+  outdir, summary = runs(NAMES[2])
+  metrics = _check_common(outdir, summary, NAMES[2])
+  assert set(metrics["models"]) == {"SimpleConv", "AllConvolutional"}
+  for name, rec in metrics["models"].items():
+    result = invjax.load_result(outdir / f"nv_{name}.npz")
+    assert result.settings["num_samples"] == 20
+    v = np.array([result.per_layer[l] for l in result.layers])
+    depth = np.linspace(0, 100, len(v))
+    for d, value in rec["nv_at_depth"].items():
+      assert value == pytest.approx(np.interp(float(d), depth, v), rel=1e-12)
+    assert rec["nv_at_depth"]["100"] == pytest.approx(
+        result.per_layer["logits"], rel=1e-12)
+  assert (outdir / "layer_curves_relative.png").is_file()
+
+
+def test_genuine_invariance(runs):
+  outdir, summary = runs(NAMES[3])
+  metrics = _check_common(outdir, summary, NAMES[3])
+  dists = {k.split("/")[1] for k in metrics["values"]}
+  assert dists == {"test", "noise", "cifar_grey"}
+  for dist in dists:
+    # The C4 G-CNN's logits are exactly rot90-invariant: every measure is at
+    # its invariant value, on any input distribution.
+    g = metrics["values"][f"gcnn/{dist}"]
+    assert g["geed"] == pytest.approx(0, abs=1e-5)
+    assert g["geed_pair"] == pytest.approx(0, abs=1e-4)
+    assert g["pi"] == pytest.approx(0, abs=1e-6)
+    assert g["li"] == pytest.approx(0, abs=1e-6)
+    # Saliency maps match only up to max-pool ties (flat background windows
+    # route the gradient to the first maximum, a different pixel once
+    # rotated), so SIS is 1 minus a little.
+    assert 0.95 < g["sis"] <= 1 + 1e-6
+    for model in ("plain", "augmented", "regularized"):
+      v = metrics["values"][f"{model}/{dist}"]
+      assert 0 <= v["li"] <= 1 and -1 <= v["sis"] <= 1 and v["pi"] >= 0
+      saved = invjax.load_result(outdir / f"geed_{model}_{dist}.npz")
+      assert saved.per_layer["logits"] == pytest.approx(v["geed"], rel=1e-12)
+
+
+def test_noise_and_crops_are_in_range():
+  from experiments import genuine_invariance as exp
+  noise = exp.noise_images(50, 0)
+  assert noise.shape == (50, 28, 28, 1) and 0 <= noise.min()
+  assert noise.max() <= 1 and abs(noise.mean() - 0.5) < 0.02
+  crops = exp.cifar_crops(exp.get_config(smoke=True), 4, 0)
+  assert crops.shape == (4, 28, 28, 1) and 0 <= crops.min() <= crops.max() <= 1
+
+
+def _linear_cka(x, y):
+  x = x.reshape(len(x), -1).astype(np.float64)
+  y = y.reshape(len(y), -1).astype(np.float64)
+  x, y = x - x.mean(0), y - y.mean(0)
+  kx, ky = x @ x.T, y @ y.T
+  return (kx * ky).sum() / np.sqrt((kx * kx).sum() * (ky * ky).sum())
+
+
+def test_shared_invariance(runs):
+  import invjax.train as T  # pylint: disable=g-import-not-at-top
+  from experiments import shared_invariance as exp
+  from invjax import models  # pylint: disable=g-import-not-at-top
+  outdir, summary = runs(NAMES[4])
+  metrics = _check_common(outdir, summary, NAMES[4])
+  config = exp.get_config(smoke=True)
+  _, _, test_x, _ = _runner.load_digit_data(config)
+  feats = {}
+  for label, model in (("SimpleConv_s0", models.SimpleConv(channels=4, fc=8)),
+                       ("SimpleConv_s1", models.SimpleConv(channels=4, fc=8)),
+                       ("C4GCNN_s0", models.C4GCNN(channels=(2, 4, 4)))):
+    state = T.load_checkpoint(str(outdir / "checkpoints" / label))
+    feats[label] = np.asarray(exp.features(model, state.variables)(test_x))
+  for pair, rec in metrics["pairs"].items():
+    m1, m2 = pair.split(" vs ")
+    # Plain CKA against a Gram-matrix (n × n) float64 reference.
+    assert rec["cka"] == pytest.approx(_linear_cka(feats[m1], feats[m2]),
+                                       abs=1e-4)
+    assert 0 <= rec["m2_given_m1"] <= 1 and 0 <= rec["m1_given_m2"] <= 1
+
+
+def test_cli(tmp_path, capsys):
+  assert cli.main(["experiment", "--list"]) == 0
+  listed = capsys.readouterr().out
+  assert all(name in listed for name in NAMES)
+  with pytest.raises(SystemExit, match="available: mnist_rotation"):
+    cli.main(["experiment", "no_such_experiment"])
+  with pytest.raises(SystemExit, match="unknown config key 'bogus'"):
+    cli.main(["experiment", NAMES[0], "--smoke", "--set", "bogus=1"])
+  with pytest.raises(SystemExit, match="dataset must be"):
+    cli.main(["experiment", NAMES[3], "--dataset", "imagenet"])
+  assert not list(tmp_path.iterdir())
