@@ -136,7 +136,12 @@ def main() -> None:
   p.add_argument("--batch-size", type=int, default=128)
   p.add_argument("--threads", type=int, default=0,
                  help="torch intra-op threads (0: torch's default)")
+  p.add_argument("--no-tf32", action="store_true",
+                 help="full float32 convolutions and matmuls on CUDA")
   args = p.parse_args()
+  if args.no_tf32:
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
   # tmeasures' DataLoaders ask for pinned memory, which a CPU-only torch lacks.
   warnings.filterwarnings("ignore", message=".*pin_memory.*")
   if args.threads:

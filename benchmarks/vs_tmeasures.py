@@ -12,7 +12,8 @@
 2. Runs `benchmarks/_tmeasures_peer.py` in `.venv-peer/bin/python`, which
    rebuilds the same network in PyTorch and evaluates tmeasures 1.2.11.
 3. Agreement: TV, SV and NV per activation under the exact C4 set (torch.rot90
-   callables on the peer side, `invjax.transforms.rot90()` here), with
+   callables on the peer side, `invjax.transforms.rot90()` here), both
+   networks in full float32 (no TF32 on GPUs), with
    invjax's tmeasures-compatible settings (`statistic="std", ddof=1`). TV and
    SV must satisfy |invjax − tmeasures| ≤ 1e-4 · max(|tmeasures|, floor),
    floor = 1e-2 × the layer's mean |tmeasures| (an absolute floor, so units
@@ -35,6 +36,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,10 +98,13 @@ def _train(args) -> tuple[models.SimpleConv, dict, float]:
   return model, variables, x_test
 
 
-def _run_peer(variables, images, jobs, args) -> dict[str, np.ndarray]:
-  if not PEER_PYTHON.exists():
-    raise SystemExit(f"{PEER_PYTHON} not found: run "
-                     "`bash benchmarks/setup_peer_env.sh` first.")
+def _run_peer(variables, images, jobs, args,
+              no_tf32=False) -> dict[str, np.ndarray]:
+  peer_python = shutil.which(args.peer_python)
+  if peer_python is None:
+    raise SystemExit(f"{args.peer_python} not found: run "
+                     "`bash benchmarks/setup_peer_env.sh` first, or pass "
+                     "--peer-python.")
   with tempfile.TemporaryDirectory() as tmp:
     inp, out = pathlib.Path(tmp, "in.npz"), pathlib.Path(tmp, "out.npz")
     arrays = {f"param/{layer}/{leaf}": np.asarray(v)
@@ -107,8 +112,10 @@ def _run_peer(variables, images, jobs, args) -> dict[str, np.ndarray]:
               for leaf, v in leaves.items()}
     np.savez(inp, images=np.asarray(images, np.float32),
              jobs=np.array(json.dumps(jobs)), **arrays)
-    cmd = [str(PEER_PYTHON), str(PEER_SCRIPT), str(inp), str(out),
+    cmd = [str(peer_python), str(PEER_SCRIPT), str(inp), str(out),
            "--device", args.device, "--batch-size", str(args.peer_batch_size)]
+    if no_tf32:
+      cmd.append("--no-tf32")
     subprocess.run(cmd, check=True)
     with np.load(out) as f:
       return {k: f[k] for k in f.files}
@@ -156,12 +163,16 @@ def agreement(model, variables, images, args) -> bool:
   n = args.check_n
   peer = _run_peer(variables, images[:n], [
       {"name": "c4", "kind": "c4", "n": n, "measures": ["tv", "sv", "nv"],
-       "repeats": 1}], args)
+       "repeats": 1}], args, no_tf32=True)
   acts = invjax.capture.linen(model, variables, filter=LAYER_FILTER)
-  ours = invjax.measure(
-      acts, images[:n], tr.rot90(),
-      [ms.transformation_variance(**STD), ms.sample_variance(**STD),
-       ms.normalized_variance(**STD)], batch_size=64)
+  # Both networks in full float32: GPUs' default TF32 convolutions round
+  # inputs to 10 mantissa bits, ~1e-3 relative, which TV (a difference of
+  # nearby activations) amplifies past any 1e-4 agreement.
+  with jax.default_matmul_precision("highest"):
+    ours = invjax.measure(
+        acts, images[:n], tr.rot90(),
+        [ms.transformation_variance(**STD), ms.sample_variance(**STD),
+         ms.normalized_variance(**STD)], batch_size=64)
   print(f"\nAgreement, C4 (exact rot90), N={n}: max |invjax − tmeasures| / "
         f"max(|tmeasures|, {FLOOR:g}·mean|tmeasures|) per layer, NV's "
         f"propagated from TV and SV (must be ≤ {RTOL:g})")
@@ -301,6 +312,9 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=1)
   p.add_argument("--peer-budget", type=float, default=900.0,
                  help="seconds; skip a tmeasures run predicted to be longer")
+  p.add_argument("--peer-python", default=str(PEER_PYTHON),
+                 help="a Python with torch and tmeasures 1.2.11 (default: "
+                 "the .venv-peer made by setup_peer_env.sh)")
   p.add_argument("--data-dir", default=None,
                  help="data directory (default: $INVJAX_DATA or ../shared/data)")
   p.add_argument("--out", default=None,

@@ -84,7 +84,9 @@ def test_matches_reference(images, batch_size, chunk, statistic, ddof):
   for layer, r in ref.items():
     _close(tv.per_activation[layer], r["tv"])
     _close(sv.per_activation[layer], r["sv"])
-    _close(nv.per_activation[layer], r["nv"])
+    # NV = TV/SV carries the error of both (2.0e-5 seen on an H200, where
+    # convolutions sum in another order than the reference's batch).
+    _close(nv.per_activation[layer], r["nv"], rtol=3e-5)
     _close(nv.extras[layer]["numerator"], r["tv"])
     _close(nv.extras[layer]["denominator"], r["sv"])
 

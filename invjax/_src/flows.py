@@ -248,7 +248,8 @@ def _expm(g: np.ndarray, t: Array) -> Array:
     shift = t * jnp.asarray(b, dtype)
   elif abs(np.linalg.det(a)) > 1e-12:
     a_inv_b = jnp.asarray(np.linalg.solve(a, b), dtype)
-    shift = (e - jnp.eye(2, dtype=dtype)) @ a_inv_b
+    shift = jnp.matmul(e - jnp.eye(2, dtype=dtype), a_inv_b,
+                       precision=jax.lax.Precision.HIGHEST)
   else:
     return jax.scipy.linalg.expm(t * jnp.asarray(g, dtype))
   return jnp.concatenate([

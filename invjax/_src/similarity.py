@@ -339,7 +339,7 @@ def _hsic_unbiased(k: Array, l: Array, weights: Array | None) -> Array:
   trace = jnp.sum(kt * lt.T)  # tr(K̃L̃) without the matrix product
   sum_k = jnp.sum(kt)
   sum_l = jnp.sum(lt)
-  k_l = jnp.dot(jnp.sum(kt, axis=0), jnp.sum(lt, axis=1))  # 1ᵀK̃ · L̃1
+  k_l = _dot(jnp.sum(kt, axis=0), jnp.sum(lt, axis=1))  # 1ᵀK̃ · L̃1
   valid = n >= _MIN_UNBIASED_N
   n = jnp.where(valid, n, _MIN_UNBIASED_N)  # keeps the masked-out case finite
   value = (trace + sum_k * sum_l / ((n - 1) * (n - 2))
