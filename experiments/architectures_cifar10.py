@@ -22,7 +22,7 @@ full dataset, put the published ``cifar-10-python.tar.gz`` (with
 images and are measured on 1,000 stratified test images. Images are
 standardized per channel with the training images' statistics.
 
-Runtime: CPU full (widths 8, 800 steps per model): about 8 min on 2 CPU
+Runtime: CPU full (widths 8, 800 steps per model): 4–7 min on 2 CPU
 cores; smoke mode about 40 s. GPU preset (``preset=gpu``: the papers'
 widths — SimpleConv C = 128, AllConvolutional F = 96, VGG16D base 64 /
 fc 512, ResNet18 width 64 — 10,000 steps, full training set): about 30 min

@@ -18,7 +18,7 @@ augmented-vs-plain gap to the across-seed spread,
 Data: the bundled digits (500 measured, 1,297 train); ``--dataset mnist``
 uses MNIST as `mnist_rotation_augmentation` does.
 
-Runtime: CPU full (5 seeds × 2 models, C = 8, 600 steps): about 6 min on 2
+Runtime: CPU full (5 seeds × 2 models, C = 8, 600 steps): 3–5 min on 2
 CPU cores; smoke mode (2 seeds) about 40 s. GPU preset (30 seeds, MNIST,
 C = 32, 3,000 steps): about 20 min on one H100 (an estimate: the GPU
 settings have not been timed).

@@ -16,8 +16,8 @@ found by representation inversion from random noise (`steps` normalized
 gradient steps in [0, 1]), in both directions, beside plain linear CKA
 (Kornblith et al. 2019) of m1(X) and m2(X).
 
-Runtime: CPU full (digits, 100 images, 300 inversion steps, C = 8): about
-5 min on 2 CPU cores; smoke mode about 30 s. GPU preset (``preset=gpu``:
+Runtime: CPU full (digits, 100 images, 300 inversion steps, C = 8): 2–3
+min on 2 CPU cores; smoke mode about 30 s. GPU preset (``preset=gpu``:
 MNIST, 1,000 images, the paper's 1,000 steps, 3 seeds per inversion): a
 few minutes on one H100 (an estimate: the GPU settings have not been timed).
 
