@@ -7,8 +7,9 @@ statistics with the pairwise update of Chan, Golub & LeVeque (1979):
     μ = μ_a + δ·n_b/n,   M2 = M2_a + M2_b + δ²·n_a·n_b/n.
 
 Each block's own mean and M2 come from one read of the block as sums of
-data shifted by its first entry (Chan et al.'s "shifted data" form), so
-accumulating in float32 stays accurate to ~1e-6 relative without float64.
+data shifted close to their mean (Chan et al.'s "shifted data" form; see
+`block_moments`), so accumulating in float32 stays accurate to ~1e-6
+relative without float64.
 """
 
 from __future__ import annotations

@@ -209,8 +209,9 @@ def _sd_fns(normalize: bool, window: int):
       sums, count = carry
       w = (new & (rank >= o)).astype(jnp.float32)
       d = _distance(vec, jnp.roll(vec, o, axis=0))            # (W+B, Tc, C)
-      return sums + jnp.einsum("r,rtc->tc", w, d,
-                                     precision=jax.lax.Precision.HIGHEST), count + jnp.sum(w)
+      sums = sums + jnp.einsum("r,rtc->tc", w, d,
+                               precision=jax.lax.Precision.HIGHEST)
+      return sums, count + jnp.sum(w)
 
     zeros = (jnp.zeros(vec.shape[1:2] + vec.shape[-1:]), jnp.zeros(()))
     sums, count = jax.lax.fori_loop(1, window + 1, body, zeros)
