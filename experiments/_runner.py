@@ -192,6 +192,24 @@ def check_choice(config: Mapping[str, Any], key: str,
                      f"{config[key]!r}")
 
 
+def digit_config(defaults: Mapping[str, Any], *, smoke: bool,
+                 smoke_settings: Mapping[str, Any],
+                 presets: Mapping[str, Mapping[str, Any]],
+                 overrides: Mapping[str, Any]) -> Config:
+  """`make_config` for the experiments on digits or MNIST (`load_digit_data`).
+
+  ``dataset`` must be "digits" or "mnist"; MNIST measures the papers' 1,000
+  test images unless ``n_measure`` is set.
+  """
+  overrides = dict(overrides)
+  if overrides.get("dataset") == "mnist" and "n_measure" not in overrides:
+    overrides["n_measure"] = 1000
+  config = make_config(defaults, smoke=smoke, smoke_settings=smoke_settings,
+                       presets=presets, overrides=overrides)
+  check_choice(config, "dataset", ("digits", "mnist"))
+  return config
+
+
 def parse_set(items: Iterable[str]) -> dict[str, Any]:
   """Parses ``--set key=value`` items: Python literals, else strings.
 

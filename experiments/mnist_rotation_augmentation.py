@@ -61,14 +61,8 @@ PRESETS = {
 
 def get_config(smoke: bool = False, **overrides) -> _runner.Config:
   """The config; ``smoke`` for tiny settings, overrides as ``key=value``."""
-  overrides = dict(overrides)
-  # MNIST's papers-sized measurement set, unless asked otherwise.
-  if overrides.get("dataset") == "mnist" and "n_measure" not in overrides:
-    overrides["n_measure"] = 1000
-  config = _runner.make_config(DEFAULTS, smoke=smoke, smoke_settings=SMOKE,
-                               presets=PRESETS, overrides=overrides)
-  _runner.check_choice(config, "dataset", ("digits", "mnist"))
-  return config
+  return _runner.digit_config(DEFAULTS, smoke=smoke, smoke_settings=SMOKE,
+                              presets=PRESETS, overrides=overrides)
 
 
 def rotations(n: int):
@@ -76,36 +70,49 @@ def rotations(n: int):
   return tr.rotation(np.linspace(-180.0, 180.0, n, endpoint=False))
 
 
+def train_and_measure(model, config, data, *, outdir, label: str, seed: int,
+                      augment, measured):
+  """Trains ``model``, then its accuracy and every layer's NV under ``measured``.
+
+  Returns:
+    ``(accuracy dict, MeasureResult)``; the result is also saved as
+    ``outdir/nv_<label>.npz``.
+  """
+  import invjax  # pylint: disable=g-import-not-at-top
+  train_x, train_y, test_x, test_y = data
+  variables = _runner.fit(model, config, train_x, train_y, outdir=outdir,
+                          label=label, seed=seed, augment=augment)
+  accuracy = _runner.evaluate(model, variables, test_x, test_y, measured)
+  result = invjax.measure(
+      invjax.capture.linen(model, variables), test_x, measured,
+      invjax.measures.normalized_variance(),
+      batch_size=config.measure_batch_size, layers=_runner.not_output,
+      progress=config.progress)
+  _runner.save_result(outdir, f"nv_{label}", result, config)
+  return accuracy, result
+
+
 def run(config: _runner.Config, outdir) -> dict:
   """Trains both models, measures them, writes results and figures."""
-  import invjax  # pylint: disable=g-import-not-at-top
   from invjax import models  # pylint: disable=g-import-not-at-top
   from invjax import plot  # pylint: disable=g-import-not-at-top
 
-  train_x, train_y, test_x, test_y = _runner.load_digit_data(config)
-  _runner.log(f"  {config.dataset}: {len(train_y)} training, "
+  data = _runner.load_digit_data(config)
+  test_y = data[3]
+  _runner.log(f"  {config.dataset}: {len(data[1])} training, "
               f"{len(test_y)} measured images")
   measured = rotations(config.num_rotations)
   augment = rotations(config.augment_rotations)
   model = models.SimpleConv(num_classes=10, channels=config.channels,
                             fc=config.fc)
-  results, accuracy, files = {}, {}, []
+  results, accuracy = {}, {}
   for label, aug in (("plain", None), ("augmented", augment)):
-    variables = _runner.fit(model, config, train_x, train_y, outdir=outdir,
-                            label=label, seed=config.seed, augment=aug)
-    accuracy[label] = _runner.evaluate(model, variables, test_x, test_y,
-                                       measured)
-    acts = invjax.capture.linen(model, variables)
-    results[label] = invjax.measure(
-        acts, test_x, measured, invjax.measures.normalized_variance(),
-        batch_size=config.measure_batch_size, layers=_runner.not_output,
-        progress=config.progress)
-    files.append(_runner.save_result(outdir, f"nv_{label}", results[label],
-                                     config))
-    files.append(_runner.save_figure(outdir, f"heatmap_{label}",
-                                     plot.heatmap(results[label])))
-  files.append(_runner.save_figure(outdir, "layer_curves",
-                                   plot.layer_curves(results)))
+    accuracy[label], results[label] = train_and_measure(
+        model, config, data, outdir=outdir, label=label, seed=config.seed,
+        augment=aug, measured=measured)
+    _runner.save_figure(outdir, f"heatmap_{label}",
+                        plot.heatmap(results[label]))
+  _runner.save_figure(outdir, "layer_curves", plot.layer_curves(results))
 
   plain, aug = results["plain"], results["augmented"]
   layers = plain.layers
@@ -149,5 +156,4 @@ def run(config: _runner.Config, outdir) -> dict:
       "findings": findings,
       "metrics": metrics,
       "seeds": [config.seed],
-      "files": files,
   }

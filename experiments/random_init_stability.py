@@ -66,12 +66,8 @@ PRESETS = {
 
 def get_config(smoke: bool = False, **overrides) -> _runner.Config:
   """The config; ``smoke`` for tiny settings, overrides as ``key=value``."""
-  overrides = dict(overrides)
-  if overrides.get("dataset") == "mnist" and "n_measure" not in overrides:
-    overrides["n_measure"] = 1000
-  config = _runner.make_config(DEFAULTS, smoke=smoke, smoke_settings=SMOKE,
-                               presets=PRESETS, overrides=overrides)
-  _runner.check_choice(config, "dataset", ("digits", "mnist"))
+  config = _runner.digit_config(DEFAULTS, smoke=smoke, smoke_settings=SMOKE,
+                                presets=PRESETS, overrides=overrides)
   if config.num_seeds < 2:
     raise ValueError(f"num_seeds must be ≥ 2 to measure a spread, got "
                      f"{config.num_seeds}")
@@ -80,11 +76,10 @@ def get_config(smoke: bool = False, **overrides) -> _runner.Config:
 
 def run(config: _runner.Config, outdir) -> dict:
   """Trains every seed with and without augmentation; compares the spreads."""
-  import invjax  # pylint: disable=g-import-not-at-top
   from invjax import models  # pylint: disable=g-import-not-at-top
   from invjax import plot  # pylint: disable=g-import-not-at-top
 
-  train_x, train_y, test_x, test_y = _runner.load_digit_data(config)
+  data = _runner.load_digit_data(config)
   measured = exp1.rotations(config.num_rotations)
   augment = exp1.rotations(config.augment_rotations)
   model = models.SimpleConv(num_classes=10, channels=config.channels,
@@ -94,17 +89,11 @@ def run(config: _runner.Config, outdir) -> dict:
   accuracy = {"plain": [], "augmented": []}
   for seed in seeds:
     for label, aug in (("plain", None), ("augmented", augment)):
-      variables = _runner.fit(model, config, train_x, train_y, outdir=outdir,
-                              label=f"{label}_seed{seed}", seed=seed,
-                              augment=aug)
-      acc = _runner.evaluate(model, variables, test_x, test_y, measured)
+      acc, result = exp1.train_and_measure(
+          model, config, data, outdir=outdir, label=f"{label}_seed{seed}",
+          seed=seed, augment=aug, measured=measured)
       accuracy[label].append(acc)
-      result = invjax.measure(
-          invjax.capture.linen(model, variables), test_x, measured,
-          invjax.measures.normalized_variance(),
-          batch_size=config.measure_batch_size, layers=_runner.not_output)
       groups[label].append(result)
-      _runner.save_result(outdir, f"nv_{label}_seed{seed}", result, config)
 
   _runner.save_figure(outdir, "seed_spread", plot.seed_spread(groups))
   tests = plot.compare_layers(groups["augmented"], groups["plain"],

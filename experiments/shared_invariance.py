@@ -68,7 +68,6 @@ FEATURES = {"SimpleConv": "fc1_act", "C4GCNN": "rotation_pool"}
 
 def get_config(smoke: bool = False, **overrides) -> _runner.Config:
   """The config; ``smoke`` for tiny settings, overrides as ``key=value``."""
-  overrides = dict(overrides)
   config = _runner.make_config(DEFAULTS, smoke=smoke, smoke_settings=SMOKE,
                                presets=PRESETS, overrides=overrides)
   _runner.check_choice(config, "dataset", ("digits", "mnist"))

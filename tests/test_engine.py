@@ -222,19 +222,28 @@ def test_all_families_in_one_call_equal_separate_calls(images):
                                  alone.per_activation[layer], rtol=1e-6)
 
 
-@pytest.mark.parametrize("branch", ["cpu", "default"])
-@pytest.mark.parametrize("axis", [0, 1, 2])
-def test_block_moments_both_backend_branches(monkeypatch, branch, axis):
-  # CI has no accelerator, so force each branch of lax.platform_dependent in
-  # turn: the reduction that GPUs/TPUs run must match the CPU loop and float64.
+@pytest.fixture(params=["cpu", "default"])
+def stats_branch(request, monkeypatch):
+  """invjax._src.stats with lax.platform_dependent forced to one branch.
+
+  CI has no accelerator: forcing each branch in turn checks the reduction
+  that GPUs/TPUs run against the CPU loop and float64.
+  """
   from invjax._src import stats
   monkeypatch.setattr(
       stats.jax.lax, "platform_dependent",
-      lambda *args, cpu, default: (cpu if branch == "cpu" else default)(*args))
+      lambda *args, cpu, default: (cpu if request.param == "cpu"
+                                   else default)(*args))
+  return stats
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_block_moments_both_backend_branches(stats_branch, axis):
   x = np.random.default_rng(axis).normal(3.0, 2.0, (5, 6, 7))
   w = np.ones(x.shape[axis])
   w[-2:] = 0   # padding comes last
-  m = stats.block_moments(jnp.asarray(x, jnp.float32), jnp.asarray(w), axis)
+  m = stats_branch.block_moments(jnp.asarray(x, jnp.float32), jnp.asarray(w),
+                                 axis)
   valid = np.take(x, np.arange(x.shape[axis] - 2), axis=axis)
   np.testing.assert_allclose(m.count, x.shape[axis] - 2)
   np.testing.assert_allclose(m.mean, valid.mean(axis), rtol=1e-5)
@@ -243,18 +252,13 @@ def test_block_moments_both_backend_branches(monkeypatch, branch, axis):
       rtol=1e-4)
 
 
-@pytest.mark.parametrize("branch", ["cpu", "default"])
-def test_block_moments_sparse_unit(monkeypatch, branch):
+def test_block_moments_sparse_unit(stats_branch):
   # A dead-most-of-the-time unit whose first sample is the lone outlier: the
   # shift must not be that sample, or Σd² − (Σd)²/n cancels in float32.
-  from invjax._src import stats
-  monkeypatch.setattr(
-      stats.jax.lax, "platform_dependent",
-      lambda *args, cpu, default: (cpu if branch == "cpu" else default)(*args))
   x = np.random.default_rng(0).normal(0.0, 0.01, (256, 3))
   x[0] = 50.0
-  m = stats.block_moments(jnp.asarray(x, jnp.float32), jnp.ones(256), 0)
+  m = stats_branch.block_moments(jnp.asarray(x, jnp.float32), jnp.ones(256), 0)
   np.testing.assert_allclose(m.m2, ((x - x.mean(0))**2).sum(0), rtol=1e-5)
-  constant = stats.block_moments(jnp.full((64, 2), 0.1, jnp.float32),
-                                 jnp.ones(64), 0)
+  constant = stats_branch.block_moments(jnp.full((64, 2), 0.1, jnp.float32),
+                                        jnp.ones(64), 0)
   np.testing.assert_array_equal(constant.m2, 0.0)   # exactly: 0/0 → 1 rule
