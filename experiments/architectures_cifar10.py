@@ -135,26 +135,20 @@ def at_depth(result, percent: float) -> float:
 def run(config: _runner.Config, outdir) -> dict:
   """Trains and measures each architecture."""
   import jax  # pylint: disable=g-import-not-at-top
-  import invjax  # pylint: disable=g-import-not-at-top
   from invjax import plot  # pylint: disable=g-import-not-at-top
 
-  train_x, train_y, measure_x, measure_y = load_cifar(config)
+  data = load_cifar(config)
+  train_y, measure_y = data[1], data[3]
   _runner.log(f"  CIFAR-10: {len(train_y)} training images "
               f"({config.train_data}), {len(measure_y)} measured")
   measured = exp1.rotations(config.num_rotations)
   results, rows, metrics = {}, [], {}
   for i, name in enumerate(config.architectures):
     model = build(name, config)
-    variables = _runner.fit(model, config, train_x, train_y, outdir=outdir,
-                            label=name, seed=config.seed + i)
-    acc = _runner.evaluate(model, variables, measure_x, measure_y, measured)
-    result = invjax.measure(
-        invjax.capture.linen(model, variables), measure_x, measured,
-        invjax.measures.normalized_variance(),
-        batch_size=config.measure_batch_size, layers=_runner.not_output,
-        progress=config.progress)
+    variables, acc, result = exp1.train_and_measure(
+        model, config, data, outdir=outdir, label=name, seed=config.seed + i,
+        augment=None, measured=measured)
     results[name] = result
-    _runner.save_result(outdir, f"nv_{name}", result, config)
     n_params = sum(int(np.size(p)) for p in
                    jax.tree.leaves(variables["params"]))
     depth = {d: at_depth(result, d) for d in DEPTHS}

@@ -75,8 +75,8 @@ def train_and_measure(model, config, data, *, outdir, label: str, seed: int,
   """Trains ``model``, then its accuracy and every layer's NV under ``measured``.
 
   Returns:
-    ``(accuracy dict, MeasureResult)``; the result is also saved as
-    ``outdir/nv_<label>.npz``.
+    ``(variables, accuracy dict, MeasureResult)``; the result is also saved
+    as ``outdir/nv_<label>.npz``.
   """
   import invjax  # pylint: disable=g-import-not-at-top
   train_x, train_y, test_x, test_y = data
@@ -89,7 +89,7 @@ def train_and_measure(model, config, data, *, outdir, label: str, seed: int,
       batch_size=config.measure_batch_size, layers=_runner.not_output,
       progress=config.progress)
   _runner.save_result(outdir, f"nv_{label}", result, config)
-  return accuracy, result
+  return variables, accuracy, result
 
 
 def run(config: _runner.Config, outdir) -> dict:
@@ -107,7 +107,7 @@ def run(config: _runner.Config, outdir) -> dict:
                             fc=config.fc)
   results, accuracy = {}, {}
   for label, aug in (("plain", None), ("augmented", augment)):
-    accuracy[label], results[label] = train_and_measure(
+    _, accuracy[label], results[label] = train_and_measure(
         model, config, data, outdir=outdir, label=label, seed=config.seed,
         augment=aug, measured=measured)
     _runner.save_figure(outdir, f"heatmap_{label}",

@@ -89,7 +89,7 @@ def run(config: _runner.Config, outdir) -> dict:
   accuracy = {"plain": [], "augmented": []}
   for seed in seeds:
     for label, aug in (("plain", None), ("augmented", augment)):
-      acc, result = exp1.train_and_measure(
+      _, acc, result = exp1.train_and_measure(
           model, config, data, outdir=outdir, label=f"{label}_seed{seed}",
           seed=seed, augment=aug, measured=measured)
       accuracy[label].append(acc)
