@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,37 @@ def _time(fn, repeats):
   return float(np.median(times))
 
 
+def setup(n: int, t: int, batch_size: int, channels: int = 32):
+  """The benchmark's inputs and its two reference programs.
+
+  Returns a namespace with ``acts`` (every layer of SimpleConv), ``images``
+  (N, 28, 28, 1), ``ts`` (T rotations), ``variables``, ``batches``
+  (N/B, B, 28, 28, 1; the last batch padded) and the jitted ``forward`` and
+  ``floor`` programs, each called as ``fn(variables, batches)``.
+  """
+  model = models.SimpleConv(num_classes=10, channels=channels)
+  images = np.random.default_rng(0).uniform(
+      size=(n, 28, 28, 1)).astype(np.float32)
+  variables = model.init(jax.random.PRNGKey(0), images[:1])
+  acts = invjax.capture.linen(model, variables)
+  ts = tr.rotation(np.linspace(-180, 180, t, endpoint=False))
+  nb = -(-n // batch_size)
+  padded = np.concatenate([images, images[:nb * batch_size - n]])
+  batches = padded.reshape(nb, batch_size, 28, 28, 1)
+
+  def scan_over(read):
+    def body(total, x):
+      xt = jax.vmap(ts.apply)(x).reshape((-1, 28, 28, 1))
+      return total + read(xt), None
+    return jax.jit(lambda params, data: jax.lax.scan(
+        body, jnp.zeros(()), data)[0])
+
+  return types.SimpleNamespace(
+      acts=acts, images=images, ts=ts, variables=variables, batches=batches,
+      forward=scan_over(lambda x: model.apply(variables, x).sum()),
+      floor=scan_over(lambda x: sum(a.sum() for a in acts(x).values())))
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--n", type=int, default=1000)
@@ -46,30 +78,14 @@ def main():
   p.add_argument("--repeats", type=int, default=3)
   args = p.parse_args()
 
-  model = models.SimpleConv(num_classes=10, channels=args.channels)
-  images = np.random.default_rng(0).uniform(
-      size=(args.n, 28, 28, 1)).astype(np.float32)
-  variables = model.init(jax.random.PRNGKey(0), images[:1])
-  acts = invjax.capture.linen(model, variables)
-  ts = tr.rotation(np.linspace(-180, 180, args.t, endpoint=False))
   b = args.batch_size
-  nb = -(-args.n // b)
-  padded = np.concatenate([images, images[:nb * b - args.n]])
-  batches = jnp.asarray(padded.reshape(nb, b, 28, 28, 1))
-
-  def scan_over(read):
-    def body(total, x):
-      xt = jax.vmap(ts.apply)(x).reshape((-1, 28, 28, 1))
-      return total + read(xt), None
-    return jax.jit(lambda params, data: jax.lax.scan(
-        body, jnp.zeros(()), data)[0])
-
-  forward = scan_over(lambda x: model.apply(variables, x).sum())
-  floor = scan_over(lambda x: sum(a.sum() for a in acts(x).values()))
+  s = setup(args.n, args.t, b, args.channels)
+  acts, images, ts, variables = s.acts, s.images, s.ts, s.variables
+  batches = jnp.asarray(s.batches)
   nv = ms.normalized_variance()
 
-  t_forward = _time(lambda: forward(variables, batches), args.repeats)
-  t_floor = _time(lambda: floor(variables, batches), args.repeats)
+  t_forward = _time(lambda: s.forward(variables, batches), args.repeats)
+  t_floor = _time(lambda: s.floor(variables, batches), args.repeats)
   t_measure = _time(lambda: invjax.measure(acts, images, ts, nv, batch_size=b)
                     .per_layer, args.repeats)
   combined = [nv, ms.anova_f(), ms.goodfellow()]

@@ -252,6 +252,36 @@ def test_block_moments_both_backend_branches(stats_branch, axis):
       rtol=1e-4)
 
 
+def test_block_moments_long_axis(stats_branch):
+  # Past _UNROLL entries the accelerator branch reduces instead of unrolling.
+  n = stats_branch._UNROLL + 6
+  x = np.random.default_rng(1).normal(3.0, 2.0, (n, 4))
+  w = np.ones(n)
+  w[-3:] = 0
+  m = stats_branch.block_moments(jnp.asarray(x, jnp.float32), jnp.asarray(w), 0)
+  valid = x[:-3]
+  np.testing.assert_allclose(m.count, n - 3)
+  np.testing.assert_allclose(m.mean, valid.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(m.m2, ((valid - valid.mean(0))**2).sum(0),
+                             rtol=1e-4)
+
+
+def test_cuda_layout_pin_keeps_values(images, monkeypatch):
+  # The CUDA branch of engine._row_major (a layout constraint) compiled on
+  # CPU: the same numbers, in one program with the stats' accelerator branch.
+  expected = invjax.measure(_model, images, tr.rot90(),
+                            ms.normalized_variance(), batch_size=4)
+  monkeypatch.setattr(engine, "_CACHE", {})
+  monkeypatch.setattr(
+      jax.lax, "platform_dependent",
+      lambda *args, default, **branches: branches.get("cuda", default)(*args))
+  pinned = invjax.measure(_model, images, tr.rot90(),
+                          ms.normalized_variance(), batch_size=4)
+  for layer in expected.per_activation:
+    np.testing.assert_allclose(pinned.per_activation[layer],
+                               expected.per_activation[layer], rtol=1e-5)
+
+
 def test_block_moments_sparse_unit(stats_branch):
   # A dead-most-of-the-time unit whose first sample is the lone outlier: the
   # shift must not be that sample, or Σd² − (Σd)²/n cancels in float32.

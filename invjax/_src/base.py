@@ -53,7 +53,8 @@ class Block(NamedTuple):
       with ``needs_inverse`` the inverse transformation has been applied to
       each feature map first (same-equivariance).
     mask: (B,) bool, False for padding samples.
-    t_index: (Tc,) int32 global index of each transformation in the set.
+    t_index: (Tc,) int32 global index of each transformation in the set:
+      consecutive, ``start + arange(Tc)``.
     t_mask: (Tc,) bool, False for padding transformations.
     first: () bool, True on the first transformation chunk of a batch.
     last: () bool, True on the last transformation chunk of a batch.

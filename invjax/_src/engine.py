@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.layout import Layout, with_layout_constraint
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from invjax._src import base
@@ -105,6 +106,20 @@ def _pad_rows(a: np.ndarray, rows: int, fill_first: bool) -> np.ndarray:
   pad = (np.repeat(a[:1], extra, axis=0) if fill_first
          else np.zeros((extra,) + a.shape[1:], a.dtype))
   return np.concatenate([a, pad], axis=0)
+
+
+def _row_major(x: jax.Array) -> jax.Array:
+  """Pins a (B, Tc, ...) tile of activations to row-major order on CUDA.
+
+  Left free, XLA:GPU lays a tapped activation out with the sample axis minor
+  so that SV's reduction over samples becomes a row reduction, and pays a
+  transposed copy of every tap for it (`benchmarks/hlo_traffic.py` counts
+  the bytes, H200 target). In row-major order that reduction, a column
+  reduction, reads the tile where it lies. Other backends are left to XLA:
+  the effect was measured for CUDA only.
+  """
+  pin = lambda x: with_layout_constraint(x, Layout(tuple(range(x.ndim))))
+  return jax.lax.platform_dependent(x, cuda=pin, default=lambda x: x)
 
 
 def _progress_tick(batch_index) -> None:
@@ -225,6 +240,8 @@ def _build_program(plan: _Plan):
         x = constrain(x)
         out = forward(params, x.reshape((b * tc,) + x.shape[2:]))
         out = {l: a.reshape((b, tc) + a.shape[1:]) for l, a in out.items()}
+        if plan.mesh is None:      # a sharded layout is the partitioner's
+          out = {l: _row_major(a) for l, a in out.items()}
         inverted = {}
         if any_inverse:
           inv = lambda p, fm: action.inverse(p, fm, input_shape=plan.input_hw)

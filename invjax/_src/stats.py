@@ -21,6 +21,12 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+# Longest axis that `weighted_sum` unrolls on accelerators. Compile time grows
+# with it (H200 target, NV on SimpleConv: 5 s at 16, 28 s at 64 against 3 s
+# for a reduction), while past ~32 entries XLA's own reduction moves about as
+# few bytes (`benchmarks/hlo_traffic.py --t 32`).
+_UNROLL = 16
+
 
 class Moments(NamedTuple):
   """Count, mean and sum of squared deviations (M2), broadcast over units.
@@ -45,22 +51,38 @@ def weighted_sum(x: Array, weights: Array, axis: int,
   ``fn`` may return a tuple of arrays (several sums from one read of ``x``)
   and may close over arrays shaped like one slice.
 
-  On accelerators, a plain reduction of ``fn(x) * w``, whose sums XLA fuses
-  into one kernel. On CPU, a loop that reads one slice at a time and applies
-  ``fn`` inside it: XLA:CPU emits reductions over a major axis of a large
-  array at a small fraction of memory bandwidth (measured 10-100x slower than
-  reading the array once), and would also write ``fn(x)`` out in full first,
-  while the loop runs at about the speed of one read. `lax.platform_dependent`
-  picks the branch when the program is lowered, so one traced function serves
-  every backend.
+  On accelerators, an axis of at most `_UNROLL` entries (the transformations
+  of a tile) is summed slice by slice in the traced program: an elementwise
+  expression that XLA fuses into whatever consumes the sums, e.g. the
+  reduction over samples that follows TV's per-sample statistic, where a
+  reduction over a middle axis ends as a separate kernel whose output is
+  transposed (XLA:GPU, H200 target, `benchmarks/hlo_traffic.py`). A longer
+  axis (the samples) is a plain reduction of ``fn(x) * w``, whose sums XLA
+  fuses into one kernel. On CPU, a loop that reads one slice at a time and
+  applies ``fn`` inside it: XLA:CPU emits reductions over a major axis of a
+  large array at a small fraction of memory bandwidth (measured 10-100x
+  slower than reading the array once), and would also write ``fn(x)`` out in
+  full first, while the loop runs at about the speed of one read.
+  `lax.platform_dependent` picks the branch when the program is lowered, so
+  one traced function serves every backend.
   """
   w = weights.astype(x.dtype)
 
   def reduce(x, w):
+    if x.shape[axis] <= _UNROLL:
+      return unrolled(x, w)
     shape = [1] * x.ndim
     shape[axis] = w.shape[0]
     w = w.reshape(shape)
     return jax.tree.map(lambda v: jnp.sum(v * w, axis=axis), fn(x))
+
+  def unrolled(x, w):
+    acc = None
+    for k in range(x.shape[axis]):
+      terms = fn(jax.lax.index_in_dim(x, k, axis, keepdims=False))
+      terms = jax.tree.map(lambda v: w[k] * v, terms)
+      acc = terms if acc is None else jax.tree.map(jnp.add, acc, terms)
+    return acc
 
   def accumulate(x, w):
     def body(k, acc):

@@ -114,11 +114,16 @@ def _sv_fns(statistic: str, ddof: int):
   def update(state: SVState, block: base.Block) -> SVState:
     x = block.x.astype(jnp.float32)
     chunk = stats.block_moments(x, block.mask, axis=0)        # (Tc, *shape)
-    cols, idx = state.columns, block.t_index
-    old = jax.tree.map(lambda v: v[idx], cols)
+    # The chunk's columns are consecutive and inside the padded state: a
+    # slice and an in-place update, not a gather and a scatter (slow on TPU).
+    start, tc = block.t_index[0], x.shape[1]
+    old = jax.tree.map(
+        lambda v: jax.lax.dynamic_slice_in_dim(v, start, tc), state.columns)
     chunk = chunk._replace(count=jnp.broadcast_to(chunk.count, old.count.shape))
     new = stats.merge_moments(old, chunk)
-    cols = jax.tree.map(lambda v, n: v.at[idx].set(n), cols, new)
+    cols = jax.tree.map(
+        lambda v, n: jax.lax.dynamic_update_slice_in_dim(v, n, start, 0),
+        state.columns, new)
     return SVState(cols, state.valid)
 
   def merge(a: SVState, b: SVState) -> SVState:
