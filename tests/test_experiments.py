@@ -171,6 +171,14 @@ def test_architectures_cifar10(runs):
 def test_genuine_invariance(runs):
   outdir, summary = runs(NAMES[3])
   metrics = _check_common(outdir, summary, NAMES[3])
+  # λ: the candidate with the best held-out rot90 accuracy, ties to the
+  # smaller one (smoke candidates 0.1 and 1).
+  scores = metrics["reg_weight_validation_accuracy"]
+  assert set(scores) == {"0.1", "1"} and all(0 <= a <= 1
+                                              for a in scores.values())
+  best = max(scores.values())
+  assert metrics["reg_weight"] == min(float(w) for w, a in scores.items()
+                                      if a == best)
   dists = {k.split("/")[1] for k in metrics["values"]}
   assert dists == {"test", "noise", "cifar_grey"}
   for dist in dists:
@@ -190,6 +198,15 @@ def test_genuine_invariance(runs):
       assert 0 <= v["li"] <= 1 and -1 <= v["sis"] <= 1 and v["pi"] >= 0
       saved = invjax.load_result(outdir / f"geed_{model}_{dist}.npz")
       assert saved.per_layer["logits"] == pytest.approx(v["geed"], rel=1e-12)
+
+
+def test_genuine_invariance_bad_reg_settings():
+  from experiments import genuine_invariance as exp
+  with pytest.raises(ValueError, match="reg_weights is empty"):
+    exp.get_config(smoke=True, reg_weights=[])
+  with pytest.raises(ValueError, match="val_fraction"):
+    exp.get_config(smoke=True, val_fraction=1.0)
+  assert exp.get_config(smoke=True, reg_weights=[], reg_weight=0.3)
 
 
 def test_noise_and_crops_are_in_range():
