@@ -67,11 +67,12 @@ _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast",
          "while", "conditional", "call", "after-all", "partition-id"}
 
 
-def _nbytes(shape: str, scratch: bool = True) -> int:
+def _nbytes(shape: str, workspace: bool = True) -> int:
+  """Bytes of the arrays in an HLO shape; byte arrays only if ``workspace``."""
   total = 0
   for dtype, dims in _ARRAY.findall(shape):
-    if not scratch and dtype in ("u8", "s8"):
-      continue                      # cuDNN/cuBLAS workspace, not data
+    if not workspace and dtype in ("u8", "s8"):
+      continue                      # cuDNN/cuBLAS scratch space, not data
     n = 1
     for d in filter(None, dims.split(",")):
       n *= int(d)
@@ -150,7 +151,7 @@ def traffic(hlo: str) -> tuple[int, int, int]:
         continue
       fused = re.search(r"calls=%?([\w.\-]+)", attrs)
       kernels += 1
-      written += _nbytes(shape, scratch=opcode != "custom-call")
+      written += _nbytes(shape, workspace=opcode != "custom-call")
       read += operand_bytes(comp, operands, fused.group(1) if fused else None)
   return kernels, written, read
 
