@@ -4,7 +4,8 @@
     .venv-gpu-compile/bin/python benchmarks/hlo_traffic.py [--t 16] [--batch-size 1024]
 
 No GPU needed: the programs of `nv_vs_forward.py` (forward, floor, NV on every
-layer of SimpleConv, NV + ANOVA + Goodfellow) are compiled ahead of time for
+layer of SimpleConv, NV + ANOVA + Goodfellow) and NV's same-equivariance form
+(its 12 spatial layers; the inverse warps included) are compiled ahead of time for
 an H200-like target (sm_90, 132 SMs; JAX's deviceless compilation with the
 CUDA plugin installed but no device visible), on one batch of B samples × T
 transformations. For every kernel XLA emits (fusion, cuDNN/cuBLAS call, copy)
@@ -180,7 +181,8 @@ def main():
   }
   for name, measures in [
       ("measure", ms.normalized_variance()),
-      ("combined", [ms.normalized_variance(), ms.anova_f(), ms.goodfellow()])]:
+      ("combined", [ms.normalized_variance(), ms.anova_f(), ms.goodfellow()]),
+      ("same-equivariance", ms.normalized_variance_same_equivariance())]:
     fn, fn_args, _ = engine._prepare(  # pylint: disable=protected-access
         s.acts, s.images, s.ts, measures, batch_size=b, labels=None,
         stratify=False, layers=None, transform_chunk=None, mesh=None,

@@ -248,6 +248,8 @@ def _build_program(plan: _Plan):
           for l in layers:
             if plan.spatial[l]:
               inverted[l] = jax.vmap(jax.vmap(inv), (None, 0))(tp, out[l])
+              if plan.mesh is None:
+                inverted[l] = _row_major(inverted[l])
         src_of = lambda m, p: (None if p in m.identity_passes else
                                inverted if m.needs_inverse else out)
         return update_all(states, g, src_of, identity, mask, labels,
