@@ -266,17 +266,18 @@ def test_block_moments_long_axis(stats_branch):
                              rtol=1e-4)
 
 
-def test_cuda_layout_pin_keeps_values(images, monkeypatch):
+@pytest.mark.parametrize("measure", [
+    ms.normalized_variance(), ms.normalized_variance_same_equivariance()])
+def test_cuda_layout_pin_keeps_values(images, monkeypatch, measure):
   # The CUDA branch of engine._row_major (a layout constraint) compiled on
   # CPU: the same numbers, in one program with the stats' accelerator branch.
-  expected = invjax.measure(_model, images, tr.rot90(),
-                            ms.normalized_variance(), batch_size=4)
+  expected = invjax.measure(_model, images, tr.rot90(), measure, batch_size=4)
   monkeypatch.setattr(engine, "_CACHE", {})
   monkeypatch.setattr(
       jax.lax, "platform_dependent",
       lambda *args, default, **branches: branches.get("cuda", default)(*args))
-  pinned = invjax.measure(_model, images, tr.rot90(),
-                          ms.normalized_variance(), batch_size=4)
+  pinned = invjax.measure(_model, images, tr.rot90(), measure, batch_size=4)
+  assert pinned.layers == expected.layers
   for layer in expected.per_activation:
     np.testing.assert_allclose(pinned.per_activation[layer],
                                expected.per_activation[layer], rtol=1e-5)
