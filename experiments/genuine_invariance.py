@@ -35,9 +35,10 @@ saliency maps; 1: invariant), `invjax.measures.saliency_invariance`.
 
 Runtime: CPU full (MNIST 10,000 training images, 600 steps, C = 12;
 500 images per distribution; three candidate λ trained first): 9.5 min on
-2 CPU cores (measured, 5 min of it choosing λ); smoke mode about 55 s. GPU preset (``preset=gpu``:
-60,000 images, 5,000 steps, C = 32, 1,000 images per distribution): about
-10 min on one H100 (an estimate: the GPU settings have not been timed).
+2 CPU cores (measured, 5 min of it choosing λ); smoke mode about 55 s.
+GPU preset (``preset=gpu``: 60,000 images, 5,000 steps, C = 32, 1,000
+images per distribution): about 15 min on one H100 (an estimate: the GPU
+settings have not been timed).
 
 Expected result (Moskalev et al., TAG-ML @ ICML 2023): augmentation makes
 the model nearly invariant on the test distribution but much less so on
