@@ -8,6 +8,7 @@ import pytest
 import invjax
 from invjax import measures as ms
 from invjax import transforms as tr
+from invjax._src import stats
 
 N, H, W, C = 13, 8, 8, 2
 
@@ -240,11 +241,51 @@ def test_grad_of_nv_wrt_params(images):
                              block["h"]["values"], rtol=1e-5)
 
 
+def test_zero_tolerance_rule():
+  num = jnp.array([1e-13, 1e-13, 0.5, 0.5, 0.0])
+  den = jnp.array([1e-14, 0.2, 1e-14, 0.25, 0.0])
+  np.testing.assert_array_equal(stats.safe_divide(num, den, 1e-12),
+                                [1.0, np.float32(1e-13) / np.float32(0.2),
+                                 np.inf, 2.0, 1.0])
+  np.testing.assert_allclose(stats.safe_divide(num, den),   # tolerance 0
+                             [10.0, 5e-13, 5e13, 2.0, 1.0], rtol=1e-6)
+
+
+def test_zero_tolerance_treats_round_off_as_constant(images):
+  # Channel 0 is channel 1 scaled by 1e-7: the same NV in exact arithmetic,
+  # but its variances (~1e-15) are round-off sized for O(1) activations.
+  def model(x):
+    a = x[..., :1] * x[..., 1:]
+    return {"m": jnp.concatenate([1e-7 * a, a], axis=-1)}
+
+  plain, tol = invjax.measure(
+      model, images, tr.rot90(),
+      [ms.normalized_variance(), ms.normalized_variance(zero_tolerance=1e-12)],
+      batch_size=4)
+  np.testing.assert_allclose(plain.per_activation["m"][..., 0],
+                             plain.per_activation["m"][..., 1], rtol=1e-4)
+  np.testing.assert_array_equal(tol.per_activation["m"][..., 0], 1.0)
+  np.testing.assert_array_equal(tol.per_activation["m"][..., 1],
+                                plain.per_activation["m"][..., 1])
+  assert tol.per_feature_map["m"][0] == 1.0
+  assert tol.per_feature_map["m"][1] == plain.per_feature_map["m"][1]
+  assert tol.zero_division["m"] == H * W and plain.zero_division["m"] == 0
+  assert dict(tol.settings)["zero_tolerance"] == 1e-12
+  # One sample: SV = 0, so x/0 → inf above the tolerance, 0/0 → 1 below it.
+  one = invjax.measure(model, images[:1], tr.rot90(),
+                       ms.normalized_variance(zero_tolerance=1e-12))
+  np.testing.assert_array_equal(one.per_activation["m"][..., 0], 1.0)
+  assert np.all(np.isinf(one.per_activation["m"][..., 1]))
+
+
 def test_bad_settings():
   with pytest.raises(ValueError, match="statistic"):
     ms.normalized_variance(statistic="var")
   with pytest.raises(ValueError, match="ddof"):
     ms.sample_variance(ddof=-1)
+  for bad in (-1e-9, float("inf"), float("nan"), "0", True):
+    with pytest.raises(ValueError, match="zero_tolerance"):
+      ms.normalized_variance(zero_tolerance=bad)
 
 
 def test_save_load_roundtrip(images, tmp_path):

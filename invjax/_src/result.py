@@ -9,8 +9,9 @@ Aggregation rules (documented in the README):
   per-activation values.
 * per layer: the mean of the per-feature-map values over *finite* entries;
   ``nonfinite_skipped[layer]`` says how many were left out (NaN if all were).
-* ``zero_division[layer]``: how many activations had a denominator ≤ 0 and so
-  took the safe-divide rule (0/0 → 1, x/0 → inf).
+* ``zero_division[layer]``: how many activations had a denominator ≤ 0 (or
+  ≤ the measure's ``zero_tolerance``) and so took the safe-divide rule
+  (0/0 → 1, x/0 → inf).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ def _fm_mean(a: np.ndarray) -> np.ndarray:
   return a.mean(axis=tuple(range(a.ndim - 1))) if a.ndim >= 2 else a
 
 
-def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def _safe_divide(num: np.ndarray, den: np.ndarray,
+                 tol: float) -> np.ndarray:
   with np.errstate(divide="ignore", invalid="ignore"):
-    out = np.where(den > 0, num / np.where(den > 0, den, 1),
-                   np.where(num > 0, np.inf, 1.0))
+    out = np.where(den > tol, num / np.where(den > tol, den, 1),
+                   np.where(num > tol, np.inf, 1.0))
   return np.where(np.isnan(num) | np.isnan(den), np.nan, out)
 
 
@@ -73,6 +75,7 @@ class MeasureResult:
                    notes: Mapping[str, str] | None = None) -> "MeasureResult":
     """Aggregates finalize outputs {layer: {"values": ..., ...}}."""
     per_act, per_fm, per_layer, extras, zdiv, skipped = {}, {}, {}, {}, {}, {}
+    tol = float(settings.get("zero_tolerance", 0.0))
     for layer, out in outputs.items():
       out = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
       values = out.pop("values")
@@ -80,10 +83,10 @@ class MeasureResult:
       ratio = "numerator" in out and "denominator" in out
       if ratio and values.ndim >= 2:
         per_fm[layer] = _safe_divide(_fm_mean(out["numerator"]),
-                                     _fm_mean(out["denominator"]))
+                                     _fm_mean(out["denominator"]), tol)
       else:
         per_fm[layer] = _fm_mean(values)
-      zdiv[layer] = int(np.sum(out["denominator"] <= 0)) if ratio else 0
+      zdiv[layer] = int(np.sum(out["denominator"] <= tol)) if ratio else 0
       finite = np.isfinite(per_fm[layer])
       skipped[layer] = int(finite.size - finite.sum())
       per_layer[layer] = (float(per_fm[layer][finite].mean()) if finite.any()

@@ -189,17 +189,24 @@ def block_mean(x: Array, weights: Array, axis: int = 0) -> RunningMean:
   return RunningMean(n, mean)
 
 
-def safe_divide(numerator: Array, denominator: Array) -> Array:
+def safe_divide(numerator: Array, denominator: Array,
+                zero_tolerance: float = 0.0) -> Array:
   """tmeasures' division rule, elementwise and gradient-safe.
 
-  * denominator > 0: numerator / denominator;
-  * denominator ≤ 0 and numerator ≤ 0: 1 (0/0: as invariant as it is varied);
-  * denominator ≤ 0 and numerator > 0: +inf.
+  With t = ``zero_tolerance`` (0: tmeasures' rule exactly):
+
+  * denominator > t: numerator / denominator;
+  * denominator ≤ t and numerator ≤ t: 1 (0/0: as invariant as it is varied);
+  * denominator ≤ t and numerator > t: +inf.
+
+  A t > 0 treats round-off as zero: on GPUs a unit that is constant in exact
+  arithmetic can come out with a variance of ~1e-15 instead of 0.
 
   A NaN anywhere propagates as NaN (tmeasures would return the numerator).
   """
-  positive = denominator > 0
+  positive = denominator > zero_tolerance
   ratio = numerator / jnp.where(positive, denominator, 1)
-  zero_case = jnp.where(numerator > 0, jnp.inf, 1.0).astype(ratio.dtype)
+  zero_case = jnp.where(numerator > zero_tolerance, jnp.inf,
+                        1.0).astype(ratio.dtype)
   out = jnp.where(positive, ratio, zero_case)
   return jnp.where(jnp.isnan(numerator) | jnp.isnan(denominator), jnp.nan, out)

@@ -20,7 +20,8 @@ References:
 tmeasures (PyPI) averages per-row *standard deviations* with ddof=1, so
 ``statistic="std", ddof=1`` reproduces its numbers; the default here is the
 papers' variance with ddof=1. A row of one value (n = 1 or m = 1) has
-statistic 0, as in tmeasures. NV divides with `safe_divide`: 0/0 → 1, x/0 → inf.
+statistic 0, as in tmeasures. NV divides with `safe_divide`: 0/0 → 1, x/0 → inf
+(values up to ``zero_tolerance`` count as 0; default 0).
 
 TV and SV come out of the same tile: TV from per-sample moments over the
 transformation axis, SV from per-transformation moments over samples merged
@@ -40,12 +41,17 @@ from invjax._src import stats
 _STATISTICS = ("variance", "std")
 
 
-def _check(statistic: str, ddof: int) -> None:
+def _check(statistic: str, ddof: int, zero_tolerance: float = 0.0) -> None:
   if statistic not in _STATISTICS:
     raise ValueError(
         f"statistic must be one of {_STATISTICS}, got {statistic!r}")
   if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof < 0:
     raise ValueError(f"ddof must be a non-negative int, got {ddof!r}")
+  if (isinstance(zero_tolerance, bool) or
+      not isinstance(zero_tolerance, (int, float)) or
+      not 0 <= zero_tolerance < float("inf")):
+    raise ValueError("zero_tolerance must be a finite number ≥ 0, got "
+                     f"{zero_tolerance!r}")
 
 
 def _row_statistic(m: stats.Moments, statistic: str, ddof: int) -> jax.Array:
@@ -138,10 +144,14 @@ def _sv_fns(statistic: str, ddof: int):
   return init, update, merge, finalize
 
 
-def _measure(name, kind, statistic, ddof, needs_inverse) -> base.Measure:
-  _check(statistic, ddof)
+def _measure(name, kind, statistic, ddof, needs_inverse,
+             zero_tolerance=0.0) -> base.Measure:
+  _check(statistic, ddof, zero_tolerance)
   tv, sv = _tv_fns(statistic, ddof), _sv_fns(statistic, ddof)
   settings = base.settings_tuple(statistic=statistic, ddof=ddof)
+  if kind == "nv":
+    settings = base.settings_tuple(statistic=statistic, ddof=ddof,
+                                   zero_tolerance=float(zero_tolerance))
   if kind == "tv":
     init, update, merge, fin = tv
     finalize = lambda s: {"values": fin(s)}
@@ -160,8 +170,8 @@ def _measure(name, kind, statistic, ddof, needs_inverse) -> base.Measure:
 
     def finalize(state):
       num, den = tv[3](state.tv), sv[3](state.sv)
-      return {"values": stats.safe_divide(num, den), "numerator": num,
-              "denominator": den}
+      return {"values": stats.safe_divide(num, den, zero_tolerance),
+              "numerator": num, "denominator": den}
   return base.Measure(name=name, init=init, update=update, merge=merge,
                       finalize=finalize, settings=settings,
                       needs_inverse=needs_inverse)
@@ -190,8 +200,8 @@ def sample_variance(*, statistic: str = "variance",
   return _measure("sample_variance", "sv", statistic, ddof, False)
 
 
-def normalized_variance(*, statistic: str = "variance",
-                        ddof: int = 1) -> base.Measure:
+def normalized_variance(*, statistic: str = "variance", ddof: int = 1,
+                        zero_tolerance: float = 0.0) -> base.Measure:
   """Normalized variance NV = safe_divide(TV, SV) (Quiroga et al.).
 
   0 means invariant, ≈1 means transformations move the unit as much as the
@@ -199,9 +209,17 @@ def normalized_variance(*, statistic: str = "variance",
   (``denominator``), so per-feature-map values are the ratio of spatial means
   (tmeasures' ``AverageFeatureMaps``). One pass over the data.
 
-  Args: as `transformation_variance`.
+  Args:
+    statistic: as `transformation_variance`.
+    ddof: as `transformation_variance`.
+    zero_tolerance: TV and SV at or below it count as 0 in the division
+      (0/0 → 1, x/0 → inf), in the units of the statistic. 0 (the default)
+      is tmeasures' rule; on GPUs a small value (e.g. 1e-12 for variances
+      of O(1) activations) keeps units that are constant up to round-off at
+      NV = 1, as on CPU.
   """
-  return _measure("normalized_variance", "nv", statistic, ddof, False)
+  return _measure("normalized_variance", "nv", statistic, ddof, False,
+                  zero_tolerance)
 
 
 def transformation_variance_same_equivariance(
@@ -219,7 +237,11 @@ def sample_variance_same_equivariance(
 
 
 def normalized_variance_same_equivariance(
-    *, statistic: str = "variance", ddof: int = 1) -> base.Measure:
-  """NV of B_ij = t_j⁻¹(f(t_j(x_i))) (Quiroga et al., CLEI 2021)."""
+    *, statistic: str = "variance", ddof: int = 1,
+    zero_tolerance: float = 0.0) -> base.Measure:
+  """NV of B_ij = t_j⁻¹(f(t_j(x_i))) (Quiroga et al., CLEI 2021).
+
+  Args: as `normalized_variance`.
+  """
   return _measure("normalized_variance_same_equivariance", "nv", statistic,
-                  ddof, True)
+                  ddof, True, zero_tolerance)
