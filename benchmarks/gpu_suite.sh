@@ -37,3 +37,6 @@ step vs_tmeasures 240 "$py" benchmarks/vs_tmeasures.py --device cuda --peer-pyth
   --out "$out/vs_tmeasures_cuda.md"
 # The C4 agreement alone (both networks in full float32).
 step agreement 90 "$py" benchmarks/vs_tmeasures.py --device cuda --peer-python "$peer" --skip-timing
+# The same with NV's tolerant 0/0 rule on both sides (units constant up to round-off).
+step agreement_tol 90 "$py" benchmarks/vs_tmeasures.py --device cuda --peer-python "$peer" --skip-timing \
+  --zero-tolerance 1e-6
