@@ -148,10 +148,8 @@ def _measure(name, kind, statistic, ddof, needs_inverse,
              zero_tolerance=0.0) -> base.Measure:
   _check(statistic, ddof, zero_tolerance)
   tv, sv = _tv_fns(statistic, ddof), _sv_fns(statistic, ddof)
-  settings = base.settings_tuple(statistic=statistic, ddof=ddof)
-  if kind == "nv":
-    settings = base.settings_tuple(statistic=statistic, ddof=ddof,
-                                   zero_tolerance=float(zero_tolerance))
+  ratio = {"zero_tolerance": float(zero_tolerance)} if kind == "nv" else {}
+  settings = base.settings_tuple(statistic=statistic, ddof=ddof, **ratio)
   if kind == "tv":
     init, update, merge, fin = tv
     finalize = lambda s: {"values": fin(s)}
