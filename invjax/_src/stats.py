@@ -70,21 +70,13 @@ def weighted_sum(x: Array, weights: Array, axis: int,
 
   def reduce(x, w):
     if x.shape[axis] <= _UNROLL:
-      return unrolled(x, w)
+      return accumulate(x, w, unroll=True)
     shape = [1] * x.ndim
     shape[axis] = w.shape[0]
     w = w.reshape(shape)
     return jax.tree.map(lambda v: jnp.sum(v * w, axis=axis), fn(x))
 
-  def unrolled(x, w):
-    acc = None
-    for k in range(x.shape[axis]):
-      terms = fn(jax.lax.index_in_dim(x, k, axis, keepdims=False))
-      terms = jax.tree.map(lambda v: w[k] * v, terms)
-      acc = terms if acc is None else jax.tree.map(jnp.add, acc, terms)
-    return acc
-
-  def accumulate(x, w):
+  def accumulate(x, w, unroll=False):
     def body(k, acc):
       terms = fn(jax.lax.dynamic_index_in_dim(x, k, axis, keepdims=False))
       return jax.tree.map(lambda a, v: a + w[k] * v, acc, terms)
@@ -92,7 +84,7 @@ def weighted_sum(x: Array, weights: Array, axis: int,
                                        x.dtype)
     zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype),
                          jax.eval_shape(fn, slice_shape))
-    return jax.lax.fori_loop(0, x.shape[axis], body, zeros)
+    return jax.lax.fori_loop(0, x.shape[axis], body, zeros, unroll=unroll)
 
   return jax.lax.platform_dependent(x, w, cpu=accumulate, default=reduce)
 
