@@ -164,6 +164,10 @@ def _build_program(plan: _Plan):
     spec = P("data", *([None] * (x.ndim - 1)))
     return jax.lax.with_sharding_constraint(x, NamedSharding(plan.mesh, spec))
 
+  def pin(tile):
+    # A sharded tile's layout is the partitioner's.
+    return tile if plan.mesh is not None else _row_major(tile)
+
   def forward(params, imgs):
     out = acts.apply(params, imgs)
     missing = [l for l in layers if l not in out]
@@ -239,17 +243,14 @@ def _build_program(plan: _Plan):
             tp))(imgs)                                          # (B,Tc,H,W,C)
         x = constrain(x)
         out = forward(params, x.reshape((b * tc,) + x.shape[2:]))
-        out = {l: a.reshape((b, tc) + a.shape[1:]) for l, a in out.items()}
-        if plan.mesh is None:      # a sharded layout is the partitioner's
-          out = {l: _row_major(a) for l, a in out.items()}
+        out = {l: pin(a.reshape((b, tc) + a.shape[1:]))
+               for l, a in out.items()}
         inverted = {}
         if any_inverse:
           inv = lambda p, fm: action.inverse(p, fm, input_shape=plan.input_hw)
           for l in layers:
             if plan.spatial[l]:
-              inverted[l] = jax.vmap(jax.vmap(inv), (None, 0))(tp, out[l])
-              if plan.mesh is None:
-                inverted[l] = _row_major(inverted[l])
+              inverted[l] = pin(jax.vmap(jax.vmap(inv), (None, 0))(tp, out[l]))
         src_of = lambda m, p: (None if p in m.identity_passes else
                                inverted if m.needs_inverse else out)
         return update_all(states, g, src_of, identity, mask, labels,
