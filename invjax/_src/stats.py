@@ -89,13 +89,39 @@ def weighted_sum(x: Array, weights: Array, axis: int,
   return jax.lax.platform_dependent(x, w, cpu=accumulate, default=reduce)
 
 
+def head_size(length: int) -> int:
+  """k: how many leading entries of an axis of `length` set a shift."""
+  return int(min(8, max(1, length // 8)))
+
+
+def block_shift(x: Array, weights: Array, axis: int) -> Array:
+  """The shift c of `block_moments`: x_0 moved by the head's mean offset.
+
+  x_0 plus the mean offset of the first k valid entries from it, so that
+  sparse units (x_0 a lone outlier) do not cancel, yet a constant row still
+  has d = 0 exactly. Reading k ≤ L/8 entries costs ≤ 1/8 read.
+  """
+  w = weights.astype(x.dtype)
+  k = head_size(x.shape[axis])
+  x0 = jax.lax.index_in_dim(x, 0, axis, keepdims=True)
+  head_w = jax.lax.slice_in_dim(w, 0, k)
+  head = jax.lax.slice_in_dim(x, 0, k, axis=axis) - x0
+  offset = weighted_sum(head, head_w, axis) / jnp.maximum(jnp.sum(head_w), 1)
+  return jax.lax.stop_gradient(jnp.squeeze(x0, axis) + offset)
+
+
+def moments_from_sums(n: Array, shift: Array, s1: Array, s2: Array) -> Moments:
+  """Moments from n and the sums s1 = Σd, s2 = Σd² of d = x − shift."""
+  md = s1 / jnp.maximum(n, 1)
+  return Moments(n, shift + md, jnp.maximum(s2 - s1 * md, 0))
+
+
 def block_moments(x: Array, weights: Array, axis: int) -> Moments:
   """Masked moments of `x` along `axis` from one read of shifted sums.
 
-  With d = x − c for a shift c near the mean, M2 = Σd² − (Σd)²/n loses only
-  ~eps·(1 + (μ − c)²/σ²) relative in float32. c is the first entry (valid by
-  construction: padding comes last) moved by the mean offset of the first
-  few entries, so a constant row gives M2 = 0 exactly.
+  With d = x − c for a shift c near the mean (`block_shift`),
+  M2 = Σd² − (Σd)²/n loses only ~eps·(1 + (μ − c)²/σ²) relative in float32;
+  c is valid by construction (padding comes last).
 
   Args:
     x: array of any shape.
@@ -106,16 +132,7 @@ def block_moments(x: Array, weights: Array, axis: int) -> Moments:
     Moments with that axis removed; count is a scalar.
   """
   w = weights.astype(x.dtype)
-  n = jnp.sum(w)
-  # The shift: x_0 plus the mean offset of the first k valid entries from it,
-  # so that sparse units (x_0 a lone outlier) do not cancel, yet a constant
-  # row still has d = 0 exactly. Reading k ≤ L/8 entries costs ≤ 1/8 read.
-  k = int(min(8, max(1, x.shape[axis] // 8)))
-  x0 = jax.lax.index_in_dim(x, 0, axis, keepdims=True)
-  head_w = jax.lax.slice_in_dim(w, 0, k)
-  head = jax.lax.slice_in_dim(x, 0, k, axis=axis) - x0
-  offset = weighted_sum(head, head_w, axis) / jnp.maximum(jnp.sum(head_w), 1)
-  shift = jax.lax.stop_gradient(jnp.squeeze(x0, axis) + offset)
+  shift = block_shift(x, w, axis)
   # In the reduction branch the closure sees x's full shape: put the reduced
   # axis back into the slice-shaped shift.
   at = lambda v, s: v if s.ndim == v.ndim else jnp.expand_dims(v, axis)
@@ -126,10 +143,7 @@ def block_moments(x: Array, weights: Array, axis: int) -> Moments:
 
   # One read of x for both sums (one fused reduction on accelerators).
   s1, s2 = weighted_sum(x, w, axis, shifted_powers)
-  safe_n = jnp.maximum(n, 1)
-  md = s1 / safe_n
-  m2 = jnp.maximum(s2 - s1 * md, 0)
-  return Moments(n, shift + md, m2)
+  return moments_from_sums(jnp.sum(w), shift, s1, s2)
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:
