@@ -111,6 +111,49 @@ def test_same_equivariance_matches_reference(images, batch_size, chunk):
   assert "pool" in nv.notes and "dense" in nv.notes
 
 
+@pytest.mark.parametrize("batch_size,chunk,statistic,ddof", [
+    (4, None, "variance", 1), (13, None, "std", 1), (1, None, "variance", 0),
+    (5, 2, "variance", 1)])
+def test_pallas_implementation_matches_reference(images, batch_size, chunk,
+                                                 statistic, ddof):
+  # On CPU the kernel runs in Pallas' interpret mode: the same program
+  # (masked loads, grid, partial sums) as on a GPU. With chunk=2 the orbit
+  # spans several tiles and the XLA update runs instead.
+  ts = tr.rotation([0.0, 20.0, 45.0, 90.0, 135.0])
+  nv = invjax.measure(_model, images, ts, ms.normalized_variance(
+      statistic=statistic, ddof=ddof, implementation="pallas"),
+                      batch_size=batch_size, transform_chunk=chunk)
+  ref = _reference(images, ts, statistic=statistic, ddof=ddof)
+  for layer, r in ref.items():
+    _close(nv.per_activation[layer], r["nv"], rtol=3e-5)
+    _close(nv.extras[layer]["numerator"], r["tv"])
+    _close(nv.extras[layer]["denominator"], r["sv"])
+  assert dict(nv.settings)["implementation"] == "pallas"
+
+
+def test_pallas_implementation_same_equivariance_and_classes(images):
+  ts = tr.product(tr.rotation([0.0, 30.0, 90.0]),
+                  tr.translation([(0.0, 0.0), (1.0, -2.0)]))
+  labels = np.arange(N) % 3
+  for make in (ms.normalized_variance,
+               ms.normalized_variance_same_equivariance):
+    xla, fused = invjax.measure(
+        _model, images, ts, [make(), make(implementation="pallas")],
+        batch_size=4, labels=labels, stratify=True)
+    for c in range(3):
+      for layer in xla.layers:
+        np.testing.assert_allclose(
+            fused.per_class[c].per_activation[layer],
+            xla.per_class[c].per_activation[layer], rtol=1e-5, atol=1e-6)
+
+
+def test_pallas_implementation_needs_one_device(images):
+  mesh = jax.make_mesh((1,), ("data",))
+  with pytest.raises(ValueError, match="one device"):
+    invjax.measure(_model, images, tr.rot90(),
+                   ms.normalized_variance(implementation="pallas"), mesh=mesh)
+
+
 def test_per_feature_map_is_ratio_of_means(images):
   nv = invjax.measure(_model, images, tr.rot90(),
                       ms.normalized_variance(), batch_size=4)
@@ -286,6 +329,8 @@ def test_bad_settings():
   for bad in (-1e-9, float("inf"), float("nan"), "0", True):
     with pytest.raises(ValueError, match="zero_tolerance"):
       ms.normalized_variance(zero_tolerance=bad)
+  with pytest.raises(ValueError, match="implementation"):
+    ms.normalized_variance_same_equivariance(implementation="triton")
 
 
 def test_save_load_roundtrip(images, tmp_path):

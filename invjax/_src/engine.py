@@ -318,6 +318,14 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
     if not isinstance(mesh, Mesh) or "data" not in mesh.axis_names:
       raise ValueError("mesh must be a jax.sharding.Mesh with a 'data' axis")
     devices = mesh.shape["data"]
+    fused = [m.name for m in measures
+             if dict(m.settings).get("implementation") == "pallas"]
+    if fused:
+      # XLA's partitioner cannot split a Pallas kernel: it would gather
+      # every tile onto each device.
+      raise ValueError(
+          f"{fused}: implementation='pallas' runs on one device; use "
+          "implementation='xla' with mesh=")
     # The program leaves layout decisions to XLA's partitioner, which needs
     # Auto axes; `jax.make_mesh` may default to Explicit ones.
     mesh = Mesh(mesh.devices, mesh.axis_names,

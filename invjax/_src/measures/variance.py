@@ -26,6 +26,9 @@ statistic 0, as in tmeasures. NV divides with `safe_divide`: 0/0 → 1, x/0 → 
 TV and SV come out of the same tile: TV from per-sample moments over the
 transformation axis, SV from per-transformation moments over samples merged
 across batches (Chan), so NV needs one pass where tmeasures makes two.
+XLA still reads each tile twice for them (its reductions over samples and over
+transformations are separate kernels); NV's ``implementation="pallas"`` reads
+it once (`fused_sums`).
 """
 
 from __future__ import annotations
@@ -36,12 +39,18 @@ import jax
 import jax.numpy as jnp
 
 from invjax._src import base
+from invjax._src import fused_sums
 from invjax._src import stats
 
 _STATISTICS = ("variance", "std")
+_IMPLEMENTATIONS = ("xla", "pallas")
 
 
-def _check(statistic: str, ddof: int, zero_tolerance: float = 0.0) -> None:
+def _check(statistic: str, ddof: int, zero_tolerance: float = 0.0,
+           implementation: str = "xla") -> None:
+  if implementation not in _IMPLEMENTATIONS:
+    raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got "
+                     f"{implementation!r}")
   if statistic not in _STATISTICS:
     raise ValueError(
         f"statistic must be one of {_STATISTICS}, got {statistic!r}")
@@ -144,11 +153,53 @@ def _sv_fns(statistic: str, ddof: int):
   return init, update, merge, finalize
 
 
-def _measure(name, kind, statistic, ddof, needs_inverse,
-             zero_tolerance=0.0) -> base.Measure:
-  _check(statistic, ddof, zero_tolerance)
+def _fused_nv_update(statistic: str, ddof: int):
+  """NV's update from one read of the tile (`fused_sums`), when it can.
+
+  The kernel gives TV's per-sample statistics summed over samples, so it
+  needs the whole orbit in one tile (one transformation chunk), and it
+  indexes with int32 (tiles under 2³¹ entries); otherwise the XLA update
+  runs. Merging into the state is the XLA update's maths.
+  """
+  tv_update = _tv_fns(statistic, ddof)[1]
+  sv_update = _sv_fns(statistic, ddof)[1]
+
+  def sums(x, w_b, w_t, shift, interpret):
+    return fused_sums.tile_sums(x, w_b, w_t, shift, statistic=statistic,
+                                ddof=ddof, head=stats.head_size(x.shape[1]),
+                                interpret=interpret)
+
+  def update(state: NVState, block: base.Block) -> NVState:
+    x = block.x.astype(jnp.float32)
+    b, tc = x.shape[:2]
+    if tc != state.sv.columns.mean.shape[0] or x.size >= 2**31:
+      return NVState(tv_update(state.tv, block), sv_update(state.sv, block))
+    flat = x.reshape((b, tc, -1))
+    w_b = block.mask.astype(jnp.float32)
+    w_t = block.t_mask.astype(jnp.float32)
+    shift = stats.block_shift(flat, w_b, axis=0)                 # (Tc, F)
+    tv_sum, s1, s2 = jax.lax.platform_dependent(
+        flat, w_b, w_t, shift, cuda=lambda *a: sums(*a, False),
+        default=lambda *a: sums(*a, True))
+    n = jnp.sum(w_b)
+    unit = lambda v: v.reshape((tc,) + x.shape[2:])
+    chunk = stats.moments_from_sums(n, unit(shift), unit(s1), unit(s2))
+    columns = state.sv.columns
+    chunk = chunk._replace(count=jnp.broadcast_to(n, columns.count.shape))
+    sv = SVState(stats.merge_moments(columns, chunk), state.sv.valid)
+    mean = (tv_sum / jnp.maximum(n, 1)).reshape(x.shape[2:])
+    samples = stats.merge_mean(state.tv.samples, stats.RunningMean(n, mean))
+    return NVState(TVState(state.tv.orbit, samples), sv)
+
+  return update
+
+
+def _measure(name, kind, statistic, ddof, needs_inverse, zero_tolerance=0.0,
+             implementation="xla") -> base.Measure:
+  _check(statistic, ddof, zero_tolerance, implementation)
   tv, sv = _tv_fns(statistic, ddof), _sv_fns(statistic, ddof)
-  ratio = {"zero_tolerance": float(zero_tolerance)} if kind == "nv" else {}
+  ratio = ({"zero_tolerance": float(zero_tolerance),
+            "implementation": implementation} if kind == "nv" else {})
   settings = base.settings_tuple(statistic=statistic, ddof=ddof, **ratio)
   if kind == "tv":
     init, update, merge, fin = tv
@@ -162,6 +213,8 @@ def _measure(name, kind, statistic, ddof, needs_inverse,
 
     def update(state, block):
       return NVState(tv[1](state.tv, block), sv[1](state.sv, block))
+    if implementation == "pallas":
+      update = _fused_nv_update(statistic, ddof)
 
     def merge(a, b):
       return NVState(tv[2](a.tv, b.tv), sv[2](a.sv, b.sv))
@@ -199,7 +252,8 @@ def sample_variance(*, statistic: str = "variance",
 
 
 def normalized_variance(*, statistic: str = "variance", ddof: int = 1,
-                        zero_tolerance: float = 0.0) -> base.Measure:
+                        zero_tolerance: float = 0.0,
+                        implementation: str = "xla") -> base.Measure:
   """Normalized variance NV = safe_divide(TV, SV) (Quiroga et al.).
 
   0 means invariant, ≈1 means transformations move the unit as much as the
@@ -215,9 +269,15 @@ def normalized_variance(*, statistic: str = "variance", ddof: int = 1,
       is tmeasures' rule; on GPUs a small value (e.g. 1e-12 for variances
       of O(1) activations) keeps units that are constant up to round-off at
       NV = 1, as on CPU.
+    implementation: ``"xla"`` (default) or ``"pallas"``: TV's and SV's sums
+      from one read of each tile by a Pallas (Triton) kernel on CUDA GPUs
+      (`fused_sums`), where XLA reads it twice; the same values to float32
+      round-off. Experimental: one device (no ``mesh``), no gradients, one
+      transformation chunk per orbit (else the XLA update runs); on other
+      backends the kernel runs in Pallas' slow interpret mode (for tests).
   """
   return _measure("normalized_variance", "nv", statistic, ddof, False,
-                  zero_tolerance)
+                  zero_tolerance, implementation)
 
 
 def transformation_variance_same_equivariance(
@@ -235,11 +295,11 @@ def sample_variance_same_equivariance(
 
 
 def normalized_variance_same_equivariance(
-    *, statistic: str = "variance", ddof: int = 1,
-    zero_tolerance: float = 0.0) -> base.Measure:
+    *, statistic: str = "variance", ddof: int = 1, zero_tolerance: float = 0.0,
+    implementation: str = "xla") -> base.Measure:
   """NV of B_ij = t_j⁻¹(f(t_j(x_i))) (Quiroga et al., CLEI 2021).
 
   Args: as `normalized_variance`.
   """
   return _measure("normalized_variance_same_equivariance", "nv", statistic,
-                  ddof, True, zero_tolerance)
+                  ddof, True, zero_tolerance, implementation)
