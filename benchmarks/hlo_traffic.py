@@ -5,10 +5,11 @@
 
 No GPU needed: the programs of `nv_vs_forward.py` (forward, floor, NV on every
 layer of SimpleConv, NV + ANOVA + Goodfellow) and NV's same-equivariance form
-(its 12 spatial layers; the inverse warps included) are compiled ahead of time for
-an H200-like target (sm_90, 132 SMs; JAX's deviceless compilation with the
-CUDA plugin installed but no device visible), on one batch of B samples × T
-transformations. For every kernel XLA emits (fusion, cuDNN/cuBLAS call, copy)
+(its 12 spatial layers; the inverse warps included), both NVs also with
+``implementation="pallas"`` (a Triton kernel, compiled to PTX here too), are
+compiled ahead of time for an H200-like target (sm_90, 132 SMs; JAX's
+deviceless compilation with the CUDA plugin installed but no device visible),
+on one batch of B samples × T transformations. For every kernel XLA emits (fusion, cuDNN/cuBLAS call, copy)
 the script adds the bytes of its outputs (written) and of its operands (read;
 an operand used only through slices counts as the slices), and prints the
 totals per batch. The measure streams batches through `lax.scan`, so these
@@ -181,8 +182,11 @@ def main():
   }
   for name, measures in [
       ("measure", ms.normalized_variance()),
+      ("measure, pallas", ms.normalized_variance(implementation="pallas")),
       ("combined", [ms.normalized_variance(), ms.anova_f(), ms.goodfellow()]),
-      ("same-equivariance", ms.normalized_variance_same_equivariance())]:
+      ("same-equivariance", ms.normalized_variance_same_equivariance()),
+      ("same-equivariance, pallas",
+       ms.normalized_variance_same_equivariance(implementation="pallas"))]:
     fn, fn_args, _ = engine._prepare(  # pylint: disable=protected-access
         s.acts, s.images, s.ts, measures, batch_size=b, labels=None,
         stratify=False, layers=None, transform_chunk=None, mesh=None,

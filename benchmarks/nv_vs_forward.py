@@ -7,9 +7,11 @@ Three compiled programs over the same N × T transformed MNIST-shaped images
   forward: transform + forward pass, logits summed (so nothing is elided);
   floor:   forward + one read (a sum) of every tapped activation;
   measure: `invjax.measure` with normalized variance on every layer;
-  combined: NV, ANOVA and Goodfellow in one `invjax.measure` call.
+  combined: NV, ANOVA and Goodfellow in one `invjax.measure` call;
+  pallas (with --pallas): NV with ``implementation="pallas"``, one read of
+    every tile (a GPU's; elsewhere Pallas' interpret mode, very slow).
 Reports median wall times and the ratios measure/forward, measure/floor and
-combined/measure.
+combined/measure (and pallas/forward, with its largest deviation from NV).
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def main():
   p.add_argument("--batch-size", type=int, default=128)
   p.add_argument("--channels", type=int, default=32)
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--pallas", action="store_true",
+                 help="also time NV with implementation='pallas'")
   args = p.parse_args()
 
   b = args.batch_size
@@ -101,6 +105,18 @@ def main():
   print(f"measure/forward = {t_measure / t_forward:.2f}x   "
         f"measure/floor = {t_measure / t_floor:.2f}x   "
         f"combined/measure = {t_combined / t_measure:.2f}x")
+  if args.pallas:
+    fused = ms.normalized_variance(implementation="pallas")
+    run = lambda m: invjax.measure(acts, images, ts, m, batch_size=b)
+    t_pallas = _time(lambda: run(fused).per_layer, args.repeats)
+    a, f = run(nv), run(fused)
+    dev = max(float(np.max(np.abs(f.per_activation[l] - a.per_activation[l])
+                           / np.maximum(np.abs(a.per_activation[l]), 1e-3)))
+              for l in a.layers)
+    print(f"pallas   {t_pallas * 1e3:9.1f} ms  (NV, one read per tile)")
+    print(f"pallas/forward = {t_pallas / t_forward:.2f}x   "
+          f"pallas/floor = {t_pallas / t_floor:.2f}x   "
+          f"largest deviation from NV: {dev:.1e} (relative, |NV| ≥ 1e-3)")
 
 
 if __name__ == "__main__":
