@@ -67,7 +67,9 @@ def _kernel(x_ref, wb_ref, wt_ref, c_ref, tv_ref, s1_ref, s2_ref, *, b, t, f,
 
   wt = pltriton.load(wt_ref.at[pl.ds(0, tp)], mask=t_ok, other=0.)
   head_w = jnp.where(ts < head, wt, 0.)
+  head_n = jnp.maximum(jnp.sum(head_w), 1.)
   n_t = jnp.sum(wt)
+  dof = n_t - ddof
   tile_ok = t_ok[:, None] & f_ok[None, :]
   c = pltriton.load(c_ref.at[pl.ds(0, tp), pl.ds(f0, bf)], mask=tile_ok,
                     other=0.)
@@ -85,12 +87,11 @@ def _kernel(x_ref, wb_ref, wt_ref, c_ref, tv_ref, s1_ref, s2_ref, *, b, t, f,
     wb = pltriton.load(wb_ref.at[pl.ds(b0, bb)], mask=b_ok, other=0.)
     # Per sample: moments over transformations around a shift near the mean.
     offset = jnp.sum((x - x0) * head_w[None, :, None], axis=1, keepdims=True)
-    shift = x0 + offset / jnp.maximum(jnp.sum(head_w), 1.)
+    shift = x0 + offset / head_n
     d = x - shift
     wd = d * wt[None, :, None]
     d1, d2 = jnp.sum(wd, axis=1), jnp.sum(wd * d, axis=1)        # (bb, bf)
     m2 = jnp.maximum(d2 - d1 * (d1 / jnp.maximum(n_t, 1.)), 0.)
-    dof = n_t - ddof
     stat = jnp.where(dof > 0, m2 / jnp.where(dof > 0, dof, 1.), 0.)
     if statistic == "std":
       stat = jnp.sqrt(stat)
