@@ -60,3 +60,12 @@ def test_constant_orbits_give_zero_tv():
       statistic="std", ddof=1, head=stats.head_size(5),
       interpret=_INTERPRET)
   np.testing.assert_array_equal(np.asarray(tv), 0.0)
+
+
+def test_no_gradients_is_a_clear_error():
+  x = jnp.ones((3, 2, 4))
+  fn = lambda x: fused_sums.tile_sums(
+      x, jnp.ones(3), jnp.ones(2), jnp.zeros((2, 4)), statistic="variance",
+      ddof=1, head=1, interpret=_INTERPRET)[0].sum()
+  with pytest.raises(ValueError, match="no gradients"):
+    jax.grad(fn)(x)

@@ -130,13 +130,26 @@ def tile_sums(x: Array, sample_weights: Array, transform_weights: Array,
   kernel = functools.partial(
       _kernel, b=b, t=t, f=f, tp=tp, bf=bf, bb=bb, rows=rows, head=head,
       statistic=statistic, ddof=ddof)
-  tv, s1, s2 = pl.pallas_call(
-      kernel, grid=(math.ceil(f / bf), ranges),
-      out_shape=(jax.ShapeDtypeStruct((ranges, f), jnp.float32),
-                 jax.ShapeDtypeStruct((ranges, t, f), jnp.float32),
-                 jax.ShapeDtypeStruct((ranges, t, f), jnp.float32)),
-      compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=3),
-      interpret=interpret, name="invjax_tile_sums",
-  )(x.astype(jnp.float32), sample_weights.astype(jnp.float32),
-    transform_weights.astype(jnp.float32), shift.astype(jnp.float32))
+
+  # The kernel has no derivative rule; say so instead of failing inside
+  # Pallas' autodiff.
+  @jax.custom_jvp
+  def call(*operands):
+    return pl.pallas_call(
+        kernel, grid=(math.ceil(f / bf), ranges),
+        out_shape=(jax.ShapeDtypeStruct((ranges, f), jnp.float32),
+                   jax.ShapeDtypeStruct((ranges, t, f), jnp.float32),
+                   jax.ShapeDtypeStruct((ranges, t, f), jnp.float32)),
+        compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=3),
+        interpret=interpret, name="invjax_tile_sums")(*operands)
+
+  @call.defjvp
+  def _(primals, tangents):
+    raise ValueError(
+        "implementation='pallas' has no gradients; differentiate NV with "
+        "implementation='xla' (the default)")
+
+  tv, s1, s2 = call(x.astype(jnp.float32), sample_weights.astype(jnp.float32),
+                    transform_weights.astype(jnp.float32),
+                    shift.astype(jnp.float32))
   return tv.sum(0), s1.sum(0), s2.sum(0)
