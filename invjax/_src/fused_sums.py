@@ -52,7 +52,10 @@ def _layout(b: int, t: int, f: int) -> tuple[int, int, int, int, int]:
   bb = max(1, _TILE_ELEMENTS // (tp * bf))
   bb = min(bb, _pow2(b))
   blocks = math.ceil(f / bf)
-  ranges = max(1, min(math.ceil(b / bb), math.ceil(_TARGET_PROGRAMS / blocks)))
+  # Each range writes 2·T·F partial sums: at most B/16 ranges keep them
+  # under 1/8 of the tile's T·F·B.
+  ranges = max(1, min(math.ceil(b / bb), math.ceil(_TARGET_PROGRAMS / blocks),
+                      math.ceil(b / 16)))
   rows = math.ceil(math.ceil(b / ranges) / bb) * bb
   return tp, bf, bb, rows, math.ceil(b / rows)
 
