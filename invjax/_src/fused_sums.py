@@ -41,16 +41,12 @@ _TILE_ELEMENTS = 4096
 _TARGET_PROGRAMS = 1024
 
 
-def _pow2(n: int) -> int:
-  return 1 << max(0, math.ceil(math.log2(max(n, 1))))
-
-
 def _layout(b: int, t: int, f: int) -> tuple[int, int, int, int, int]:
   """(TP, BF, BB, rows per range, ranges) for a (b, t, f) tile."""
-  tp = _pow2(t)
-  bf = min(_pow2(f), max(16, _TILE_ELEMENTS // tp))
+  tp = pl.next_power_of_2(t)
+  bf = min(pl.next_power_of_2(f), max(16, _TILE_ELEMENTS // tp))
   bb = max(1, _TILE_ELEMENTS // (tp * bf))
-  bb = min(bb, _pow2(b))
+  bb = min(bb, pl.next_power_of_2(b))
   blocks = math.ceil(f / bf)
   # Each range writes 2·T·F partial sums: at most B/16 ranges keep them
   # under 1/8 of the tile's T·F·B.
