@@ -19,8 +19,8 @@ and carry weight 0. The grid splits F into blocks and B into a few ranges so
 that small layers still fill the GPU; the ranges' partial sums are added
 outside (the shifts are shared, so partial sums add exactly).
 
-On backends other than CUDA the same kernel runs in Pallas' interpret mode,
-slowly: it is there to test the kernel on CPU.
+NV (``implementation="pallas"``) runs it compiled on CUDA and in Pallas'
+interpret mode elsewhere, slowly: that is there to test the kernel on CPU.
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ def tile_sums(x: Array, sample_weights: Array, transform_weights: Array,
         interpret=interpret, name="invjax_tile_sums")(*operands)
 
   @call.defjvp
-  def _(primals, tangents):
+  def _no_derivative(primals, tangents):
+    del primals, tangents
     raise ValueError(
         "implementation='pallas' has no gradients; differentiate NV with "
         "implementation='xla' (the default)")
