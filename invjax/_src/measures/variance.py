@@ -115,6 +115,23 @@ def _tv_fns(statistic: str, ddof: int):
   return init, update, merge, finalize
 
 
+def _fold_columns(state: SVState, chunk: stats.Moments, start) -> SVState:
+  """Merges a chunk's (Tc, *shape) column moments into the columns from start.
+
+  The chunk's columns are consecutive and inside the padded state: a slice
+  and an in-place update, not a gather and a scatter (slow on TPU).
+  """
+  tc = chunk.mean.shape[0]
+  old = jax.tree.map(
+      lambda v: jax.lax.dynamic_slice_in_dim(v, start, tc), state.columns)
+  chunk = chunk._replace(count=jnp.broadcast_to(chunk.count, old.count.shape))
+  new = stats.merge_moments(old, chunk)
+  cols = jax.tree.map(
+      lambda v, n: jax.lax.dynamic_update_slice_in_dim(v, n, start, 0),
+      state.columns, new)
+  return SVState(cols, state.valid)
+
+
 def _sv_fns(statistic: str, ddof: int):
   """init/update/merge/finalize of the sample variance."""
 
@@ -129,17 +146,7 @@ def _sv_fns(statistic: str, ddof: int):
   def update(state: SVState, block: base.Block) -> SVState:
     x = block.x.astype(jnp.float32)
     chunk = stats.block_moments(x, block.mask, axis=0)        # (Tc, *shape)
-    # The chunk's columns are consecutive and inside the padded state: a
-    # slice and an in-place update, not a gather and a scatter (slow on TPU).
-    start, tc = block.t_index[0], x.shape[1]
-    old = jax.tree.map(
-        lambda v: jax.lax.dynamic_slice_in_dim(v, start, tc), state.columns)
-    chunk = chunk._replace(count=jnp.broadcast_to(chunk.count, old.count.shape))
-    new = stats.merge_moments(old, chunk)
-    cols = jax.tree.map(
-        lambda v, n: jax.lax.dynamic_update_slice_in_dim(v, n, start, 0),
-        state.columns, new)
-    return SVState(cols, state.valid)
+    return _fold_columns(state, chunk, block.t_index[0])
 
   def merge(a: SVState, b: SVState) -> SVState:
     return SVState(stats.merge_moments(a.columns, b.columns), a.valid)
@@ -153,16 +160,14 @@ def _sv_fns(statistic: str, ddof: int):
   return init, update, merge, finalize
 
 
-def _fused_nv_update(statistic: str, ddof: int):
+def _fused_nv_update(statistic: str, ddof: int, xla_update):
   """NV's update from one read of the tile (`fused_sums`), when it can.
 
   The kernel gives TV's per-sample statistics summed over samples, so it
   needs the whole orbit in one tile (one transformation chunk), and it
-  indexes with int32 (tiles under 2³¹ entries); otherwise the XLA update
+  indexes with int32 (tiles under 2³¹ entries); otherwise ``xla_update``
   runs. Merging into the state is the XLA update's maths.
   """
-  tv_update = _tv_fns(statistic, ddof)[1]
-  sv_update = _sv_fns(statistic, ddof)[1]
 
   def sums(x, w_b, w_t, shift, interpret):
     return fused_sums.tile_sums(x, w_b, w_t, shift, statistic=statistic,
@@ -173,7 +178,7 @@ def _fused_nv_update(statistic: str, ddof: int):
     x = block.x.astype(jnp.float32)
     b, tc = x.shape[:2]
     if tc != state.sv.columns.mean.shape[0] or x.size >= 2**31:
-      return NVState(tv_update(state.tv, block), sv_update(state.sv, block))
+      return xla_update(state, block)
     flat = x.reshape((b, tc, -1))
     w_b = block.mask.astype(jnp.float32)
     w_t = block.t_mask.astype(jnp.float32)
@@ -184,9 +189,7 @@ def _fused_nv_update(statistic: str, ddof: int):
     n = jnp.sum(w_b)
     unit = lambda v: v.reshape((tc,) + x.shape[2:])
     chunk = stats.moments_from_sums(n, unit(shift), unit(s1), unit(s2))
-    columns = state.sv.columns
-    chunk = chunk._replace(count=jnp.broadcast_to(n, columns.count.shape))
-    sv = SVState(stats.merge_moments(columns, chunk), state.sv.valid)
+    sv = _fold_columns(state.sv, chunk, block.t_index[0])
     mean = (tv_sum / jnp.maximum(n, 1)).reshape(x.shape[2:])
     samples = stats.merge_mean(state.tv.samples, stats.RunningMean(n, mean))
     return NVState(TVState(state.tv.orbit, samples), sv)
@@ -214,7 +217,7 @@ def _measure(name, kind, statistic, ddof, needs_inverse, zero_tolerance=0.0,
     def update(state, block):
       return NVState(tv[1](state.tv, block), sv[1](state.sv, block))
     if implementation == "pallas":
-      update = _fused_nv_update(statistic, ddof)
+      update = _fused_nv_update(statistic, ddof, update)
 
     def merge(a, b):
       return NVState(tv[2](a.tv, b.tv), sv[2](a.sv, b.sv))
