@@ -73,7 +73,8 @@ def test_linen_cnn_captures_every_layer(cnn):
   module, variables = cnn
   acts = capture.linen(module, variables)(IMAGES)
   assert isinstance(acts, collections.OrderedDict)
-  assert list(acts) == ["Conv_0", "Conv_1", "Dense_0", "output"]
+  # The network returns Dense_0's output: listed once, as Dense_0.
+  assert list(acts) == ["Conv_0", "Conv_1", "Dense_0"]
 
   p = variables["params"]
   conv0 = nn.Conv(4, (3, 3)).apply({"params": p["Conv_0"]}, IMAGES)
@@ -86,7 +87,7 @@ def test_linen_cnn_captures_every_layer(cnn):
   _close(acts["Conv_0"], conv0)
   _close(acts["Conv_1"], conv1)
   _close(acts["Dense_0"], dense)
-  _close(acts["output"], module.apply(variables, IMAGES))
+  _close(acts["Dense_0"], module.apply(variables, IMAGES))
 
 
 def test_linen_order_is_execution_not_construction():
@@ -94,14 +95,13 @@ def test_linen_order_is_execution_not_construction():
   module = Swapped()
   variables = module.init(jax.random.key(0), x)
   act = capture.linen(module, variables)
-  assert act.layer_names(x) == ["Dense_1", "Dense_0", "output"]
+  assert act.layer_names(x) == ["Dense_1", "Dense_0"]
   acts = act(x)
-  assert list(acts) == ["Dense_1", "Dense_0", "output"]
+  assert list(acts) == ["Dense_1", "Dense_0"]
   assert acts["Dense_1"].shape == (B, 4)
   assert acts["Dense_0"].shape == (B, 3)
   # Order survives jit, which rebuilds plain dicts in sorted key order.
-  assert list(jax.jit(act.apply)(variables, x)) == ["Dense_1", "Dense_0",
-                                                   "output"]
+  assert list(jax.jit(act.apply)(variables, x)) == ["Dense_1", "Dense_0"]
 
 
 def test_linen_sown_values():
@@ -110,7 +110,7 @@ def test_linen_sown_values():
   variables = module.init(jax.random.key(0), x)
   acts = capture.linen(module, variables)(x)
   assert list(acts) == ["Sower_0/pre", "Sower_0/Dense_0", "Sower_0/pair.0",
-                        "Sower_0/pair.1", "Sower_0", "Dense_0", "output"]
+                        "Sower_0/pair.1", "Sower_0", "Dense_0"]
   h = nn.Dense(4).apply(
       {"params": variables["params"]["Sower_0"]["Dense_0"]}, x)
   _close(acts["Sower_0/pre"], x + 1.0)
@@ -119,6 +119,52 @@ def test_linen_sown_values():
   _close(acts["Sower_0/pair.1"], h * 3.0)
   _close(acts["Sower_0"], jnp.tanh(h))
   assert "Sower_0/loss" not in acts  # a scalar has no batch axis
+
+
+class TwoOutputs(nn.Module):
+  """Returns a new array equal to the last layer's output, and that output."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dense(3)(x)
+    return h * 1.0, h
+
+
+class HeadNamedOutput(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(2, name="output")(nn.Dense(4)(x))
+
+
+def test_linen_output_listed_only_when_new(cnn):
+  x = jax.random.normal(jax.random.key(6), (B, 5))
+  module = TwoOutputs()
+  variables = module.init(jax.random.key(0), x)
+  acts = capture.linen(module, variables)(x)
+  # Identity, not equality: h * 1.0 is a new array with h's values.
+  assert list(acts) == ["Dense_0", "output[0]"]
+  h = nn.Dense(3).apply({"params": variables["params"]["Dense_0"]}, x)
+  _close(acts["Dense_0"], h)
+  _close(acts["output[0]"], h)
+
+  # A filter that names the output still gets it, beside its first name.
+  module, variables = cnn
+  named = capture.linen(module, variables, filter=["output", "Dense_0"])(IMAGES)
+  assert list(named) == ["Dense_0", "output"]
+  _close(named["output"], named["Dense_0"])
+  _close(named["output"], module.apply(variables, IMAGES))
+  assert "output" not in capture.linen(module, variables,
+                                       filter=lambda n: True)(IMAGES)
+
+  # A last layer called "output" no longer clashes with the network output.
+  module = HeadNamedOutput()
+  variables = module.init(jax.random.key(0), x)
+  acts = capture.linen(module, variables)(x)
+  assert list(acts) == ["Dense_0", "output"]
+  _close(acts["output"], module.apply(variables, x))
+  assert list(capture.linen(module, variables, filter="output")(x)) == [
+      "output"]
 
 
 def test_linen_filters(cnn):
@@ -187,12 +233,12 @@ def test_linen_batch_stats_eval_mode():
 
   acts = capture.linen(module, variables,
                        apply_kwargs={"train": False})(IMAGES)
-  assert list(acts) == ["Conv_0", "BatchNorm_0", "Dense_0", "output"]
+  assert list(acts) == ["Conv_0", "BatchNorm_0", "Dense_0"]
   p = variables["params"]["BatchNorm_0"]
   expected = ((acts["Conv_0"] - mean) / jnp.sqrt(var + 1e-5) * p["scale"] +
               p["bias"])
   _close(acts["BatchNorm_0"], expected)
-  _close(acts["output"], module.apply(variables, IMAGES, train=False))
+  _close(acts["Dense_0"], module.apply(variables, IMAGES, train=False))
 
 
 class Encoder(nn.Module):
@@ -226,16 +272,16 @@ def test_linen_methods():
   variables = module.init(jax.random.key(0), x)
   full = capture.linen(module, variables)(x)
   assert list(full) == ["encoder/proj", "encoder.embed", "encoder", "encode",
-                        "decoder", "output"]
+                        "decoder"]
   proj = nn.Dense(3).apply(
       {"params": variables["params"]["encoder"]["proj"]}, x)
   _close(full["encoder.embed"], jnp.sin(proj))
   _close(full["encode"], 2.0 * jnp.sin(proj))
 
   encoded = capture.linen(module, variables, method="encode")(x)
-  assert list(encoded) == ["encoder/proj", "encoder.embed", "encoder",
-                           "output"]
-  _close(encoded["output"], 2.0 * jnp.sin(proj))
+  # encode returns the encoder's output: no second name for it.
+  assert list(encoded) == ["encoder/proj", "encoder.embed", "encoder"]
+  _close(encoded["encoder"], 2.0 * jnp.sin(proj))
 
 
 class Shared(nn.Module):
@@ -253,8 +299,8 @@ def test_linen_repeated_calls_and_tuple_outputs():
   module = Shared()
   variables = module.init(jax.random.key(0), x)
   acts = capture.linen(module, variables)(x)
-  assert list(acts) == ["Dense_0.0", "Dense_0.1", "output[0]",
-                        "output[1][half]"]
+  # output[0] is Dense_0's second output, so only output[1] is new.
+  assert list(acts) == ["Dense_0.0", "Dense_0.1", "output[1][half]"]
   first = nn.Dense(5).apply({"params": variables["params"]["Dense_0"]}, x)
   second = nn.Dense(5).apply({"params": variables["params"]["Dense_0"]}, first)
   _close(acts["Dense_0.0"], first)
@@ -355,13 +401,13 @@ def test_nnx_values_and_order(nnx_cnn):
   model = nnx_cnn
   act = capture.nnx(model)
   acts = act(IMAGES)
-  assert list(acts) == ["z_conv", "b_conv", "a_head", "output"]
+  assert list(acts) == ["z_conv", "b_conv", "a_head"]
   conv0 = model.z_conv(IMAGES)
   conv1 = model.b_conv(flax_nnx.relu(conv0))
   _close(acts["z_conv"], conv0)
   _close(acts["b_conv"], conv1)
   _close(acts["a_head"], model.a_head(jnp.mean(conv1, axis=(1, 2))))
-  _close(acts["output"], model(IMAGES))
+  _close(acts["a_head"], model(IMAGES))
   jitted = jax.jit(act.apply)(act.params, IMAGES)
   assert list(jitted) == list(acts)
   _close(jitted["b_conv"], conv1)
@@ -373,7 +419,7 @@ def test_nnx_sown_values_and_paths():
   acts = capture.nnx(model)(x)
   assert list(acts) == ["block/zz", "block/feat", "block/twice.0",
                         "block/twice.1", "block/aa", "block", "layers/0",
-                        "layers/1", "output"]
+                        "layers/1"]
   h = model.block.zz(x)
   _close(acts["block/feat"], h)
   _close(acts["block/twice.0"], jnp.tanh(h))
@@ -381,6 +427,32 @@ def test_nnx_sown_values_and_paths():
   _close(acts["block"], model.block.aa(h))
   # Recomputed layer by layer: calling model(x) would sow outside nnx.capture.
   _close(acts["layers/1"], model.layers[1](model.layers[0](acts["block"])))
+
+
+class NNXSowsLogits(flax_nnx.Module):
+
+  def __init__(self, rngs):
+    self.lin = flax_nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, x):
+    z = self.lin(x)
+    self.sow(flax_nnx.Intermediate, "logits", z)
+    return z, jnp.tanh(z)
+
+
+def test_nnx_output_listed_only_when_new():
+  model = NNXSowsLogits(flax_nnx.Rngs(2))
+  x = jax.random.normal(jax.random.key(7), (B, 4))
+  act = capture.nnx(model)
+  acts = act(x)
+  # output[0] is z, already listed as "lin" and as the sown "logits".
+  assert list(acts) == ["lin", "logits", "output[1]"]
+  z = model.lin(x)
+  _close(acts["logits"], z)
+  _close(acts["output[1]"], jnp.tanh(z))
+  named = capture.nnx(model, filter="output[0]")(x)
+  assert list(named) == ["output[0]"]
+  _close(named["output[0]"], z)
 
 
 def test_nnx_filter_and_grad(nnx_cnn):

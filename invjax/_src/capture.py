@@ -8,7 +8,7 @@ people write JAX networks into one type, `Activations`:
     acts = capture.nnx(model)                  # Flax NNX
     acts = capture.as_activations(fn)          # fn(images) -> {name: array}
 
-    acts(images)   # {"Conv_0": (B, H, W, C), ..., "output": (B, K)}
+    acts(images)   # {"Conv_0": (B, H, W, C), ..., "Dense_0": (B, K)}
 
 `Activations.apply(params, images)` is pure: the weights come in as an argument,
 so the engine can `jax.jit` it without baking the weights in as constants, and
@@ -23,8 +23,13 @@ Layer names
 -----------
 * A module's ``__call__`` output is named by its path, ``"block1/Dense_0"``;
   another public method adds ``".method"`` (``"encoder.embed"``; on the root
-  module just ``"encode"``). The value returned by the whole network is always
-  ``"output"``.
+  module just ``"encode"``).
+* The value returned by the whole network is ``"output"``, listed only when
+  it is a new array: the usual network returns its last layer's output, which
+  is listed once, under the layer's name (``"Dense_1"``), not also as
+  ``"output"``. Sameness is identity of the traced array, not equal values.
+  A filter that names ``"output"`` always gets it, so the network output can
+  be asked for without knowing the last layer's name.
 * A value sown into the intermediates collection is named ``"path/feat"``.
 * When a module is called, or a name is sown, several times in one forward pass,
   the values are numbered ``".0"``, ``".1"``, ... in call order; a single value
@@ -336,6 +341,63 @@ def _numbered(base: str, index: int, count: int) -> str:
   return base if count == 1 else f"{base}.{index}"
 
 
+def _output_copies(leaves: Sequence[_Leaf], jaxpr, shapes: Any) -> frozenset:
+  """The network-output leaves that repeat a value captured before them.
+
+  The usual network ends with a layer whose output it returns unchanged, so
+  ``"output"`` would be a second name for the last layer (``Dense_1`` or
+  ``logits``) and every table and figure would show that layer twice. Two
+  leaves are the same value when the traced program returns the same jaxpr
+  variable for both: identity, not numerical equality, so an output that
+  merely equals a layer's values (``x * 1.0``) is still listed.
+
+  Args:
+    leaves: candidates in execution order; ``leaf.keys`` index ``shapes``,
+      network-output leaves under its first element.
+    jaxpr: the traced program whose outputs are the leaves of ``shapes``.
+    shapes: the pytree the program returned.
+
+  Returns:
+    The network-output leaves to leave unlisted.
+  """
+  paths = [jax.tree_util.keystr(path) for path, _ in
+           jax.tree_util.tree_flatten_with_path(shapes)[0]]
+  var_of = dict(zip(paths, jaxpr.outvars))
+  seen, copies = set(), set()
+  for leaf in leaves:
+    var = var_of.get(jax.tree_util.keystr(leaf.keys))
+    if not isinstance(var, jex.core.Var):
+      continue  # A literal is no layer's output.
+    if var in seen and leaf.keys[:1] == (_SK(0),):
+      copies.add(leaf)
+    seen.add(var)
+  return frozenset(copies)
+
+
+def _select_listed(leaves: Sequence[_Leaf], copies: frozenset,
+                   layer_filter: LayerFilter) -> list[_Leaf]:
+  """`select_layers` over the listed leaves; named filters may ask for copies.
+
+  A copy of an earlier value (see `_output_copies`) is not listed, so without
+  a filter, with a predicate and in `Activations.layer_names` it is absent; a
+  filter that names it (``filter="output"``) still gets it, so the network
+  output can be asked for without knowing the last layer's name.
+
+  Returns:
+    The selected leaves, in the order of ``leaves``.
+  """
+  listed = [leaf for leaf in leaves if leaf not in copies]
+  _check_unique(listed)
+  taken = {leaf.name for leaf in listed}
+  by_name = layer_filter is not None and not callable(layer_filter)
+  if by_name:
+    # A submodule named "output" that is the output keeps its own entry.
+    listed = [leaf for leaf in leaves
+              if leaf not in copies or leaf.name not in taken]
+  chosen = set(select_layers([leaf.name for leaf in listed], layer_filter))
+  return [leaf for leaf in listed if leaf.name in chosen]
+
+
 # ----------------------------------------------------------------------------
 # Flax Linen.
 # ----------------------------------------------------------------------------
@@ -354,7 +416,8 @@ def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
   Captures the output of every public method call (``__call__`` and methods not
   starting with ``_``) of every submodule, every value sown into the
   ``'intermediates'`` collection (``self.sow('intermediates', 'feat', x)``) and
-  the network output (``"output"``). Names follow the module docstring.
+  the network output (``"output"``, unless it is one of those values already).
+  Names follow the module docstring.
 
   Order. Linen's automatic names follow construction, not execution: in
   ``nn.Dense(3)(nn.relu(nn.Dense(4)(x)))`` the 3-unit ``Dense_0`` is built
@@ -383,7 +446,8 @@ def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
       is ignored).
     filter: which layers to return, see `select_layers`.
     method: the method to apply, as for `flax.linen.Module.apply` (default
-      ``__call__``). Its return value is ``"output"``.
+      ``__call__``). Its return value is ``"output"`` (see the module
+      docstring for when that name is listed).
     apply_kwargs: extra keyword arguments for ``module.apply``, e.g.
       ``{'train': False}`` for models with batch statistics, or ``rngs``.
       A ``mutable`` entry is merged with ``'intermediates'``; the other
@@ -491,8 +555,11 @@ def _plan_linen(run, variables, images, entry_name, layer_filter) -> _LinenPlan:
     stored[path].add(method_name)
     return True
 
-  out, inter = jax.eval_shape(lambda v, x: run(v, x, record),
-                              _abstract(variables), _abstract(images))
+  # A jaxpr rather than `jax.eval_shape`: its output variables say which
+  # captured values are the very same array (see `_output_copies`).
+  closed, (out, inter) = jax.make_jaxpr(
+      lambda v, x: run(v, x, record), return_shape=True)(
+          _abstract(variables), _abstract(images))
 
   # Sows that no completed call accounted for (e.g. made outside any wrapped
   # method) go just before the network output rather than being lost.
@@ -541,20 +608,21 @@ def _plan_linen(run, variables, images, entry_name, layer_filter) -> _LinenPlan:
       candidates.append((leaf, owner))
   for leaf in _split_value(OUTPUT, (_SK(0),), out, batch):
     candidates.append((leaf, None))
-  return _finish_linen_plan(candidates, layer_filter)
+  copies = _output_copies([leaf for leaf, _ in candidates], closed.jaxpr,
+                          (out, inter))
+  return _finish_linen_plan(candidates, copies, layer_filter)
 
 
-def _finish_linen_plan(candidates, layer_filter) -> _LinenPlan:
+def _finish_linen_plan(candidates, copies, layer_filter) -> _LinenPlan:
   leaves = [leaf for leaf, _ in candidates]
   if not leaves:
     raise ValueError("the model produced no activations (no layer returned an "
                      "array with the batch axis first)")
-  _check_unique(leaves)
-  chosen = set(select_layers([leaf.name for leaf in leaves], layer_filter))
+  chosen = set(_select_listed(leaves, copies, layer_filter))
   methods = collections.defaultdict(set)
   selected = []
   for leaf, owner in candidates:
-    if leaf.name in chosen:
+    if leaf in chosen:
       selected.append(leaf)
       if owner is not None:
         methods[owner[0]].add(owner[1])
@@ -594,8 +662,9 @@ def nnx(model: Any, *, filter: LayerFilter = None) -> Activations:
   method_outputs=...)``, which stores the output of every public method
   (``__call__`` and names without a leading ``_``) *defined on each module's
   own class* (inherited methods are not instrumented by Flax), plus every value
-  sown with ``self.sow(nnx.Intermediate, name, x)``. Names follow the module
-  docstring; module paths are attribute paths (``"blocks/0/linear"``).
+  sown with ``self.sow(nnx.Intermediate, name, x)``, plus the network output
+  (``"output"``, unless it is one of those values already). Names follow the
+  module docstring; module paths are attribute paths (``"blocks/0/linear"``).
 
   The model is split with `nnx.split`; ``params`` is the whole state (weights,
   batch statistics, RNG state) and ``apply`` merges it back inside, so it is
@@ -608,8 +677,9 @@ def nnx(model: Any, *, filter: LayerFilter = None) -> Activations:
   input shape and dtype): each value is placed at the equation that computed
   it, looking inside nested ``jit``/``remat`` calls. Several names for the very
   same array (a block returning its last layer's output, a sown copy of an
-  output, a module returning its input unchanged) are ordered deeper module
-  first, then sown values before method outputs, then by path.
+  output, a module returning its input unchanged) are all listed, ordered
+  deeper module first, then sown values before method outputs, then by path;
+  only the network output is left out when it is one of them.
 
   Selection. ``filter`` restricts what ``apply`` returns; Flax stores every
   method output during the call, and unselected ones are dropped (under
@@ -698,9 +768,8 @@ def _plan_nnx(run, state, images, layer_filter) -> tuple[_Leaf, ...]:
     raise ValueError("the model produced no activations (no layer returned an "
                      "array with the batch axis first)")
   leaves = [leaf for _, leaf in sorted(candidates, key=lambda c: c[0])]
-  _check_unique(leaves)
-  chosen = set(select_layers([leaf.name for leaf in leaves], layer_filter))
-  return tuple(leaf for leaf in leaves if leaf.name in chosen)
+  copies = _output_copies(leaves, closed.jaxpr, shapes)
+  return tuple(_select_listed(leaves, copies, layer_filter))
 
 
 def _producer_positions(jaxpr) -> Callable[[Any], tuple[int, ...]]:
