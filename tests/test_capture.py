@@ -345,6 +345,27 @@ def test_linen_type_errors(cnn):
                   apply_kwargs={"capture_intermediates": True})
 
 
+def test_linen_repr_is_short(cnn):
+  module, variables = cnn
+  act = capture.linen(module, variables)
+  # 3·3·3·4 + 4, 3·3·4·5 + 5 and 5·3 + 3 weights; none of them printed.
+  assert repr(act) == (
+      "Activations(flax.linen LinenCNN, 315 parameters;\n"
+      "  layers: known after the first call (or .layer_names(images), which "
+      "computes nothing))")
+  act.layer_names(IMAGES)
+  assert repr(act) == (
+      "Activations(flax.linen LinenCNN, 315 parameters;\n"
+      "  3 layers, per-sample shapes at the latest call:\n"
+      "    Conv_0 (6, 6, 4), Conv_1 (6, 6, 5), Dense_0 (3,))")
+
+  bn = BNNet()
+  bn_vars = bn.init(jax.random.key(0), IMAGES, train=False)
+  # 112 + 4 scales + 4 offsets + 4·2 + 2; the running statistics apart.
+  assert repr(capture.linen(bn, bn_vars)).startswith(
+      "Activations(flax.linen BNNet, 130 parameters (+ batch_stats);")
+
+
 # ----------------------------------------------------------------------------
 # NNX models.
 # ----------------------------------------------------------------------------
@@ -455,6 +476,16 @@ def test_nnx_output_listed_only_when_new():
   _close(named["output[0]"], z)
 
 
+def test_nnx_repr_is_short(nnx_cnn):
+  act = capture.nnx(nnx_cnn)
+  assert repr(act).startswith("Activations(flax.nnx NNXCNN, 315 parameters;\n"
+                              "  layers: known after the first call")
+  jax.jit(act.apply)(act.params, IMAGES)  # tracing is enough
+  assert repr(act).endswith(
+      "  3 layers, per-sample shapes at the latest call:\n"
+      "    z_conv (6, 6, 4), b_conv (6, 6, 5), a_head (3,))")
+
+
 def test_nnx_filter_and_grad(nnx_cnn):
   act = capture.nnx(nnx_cnn, filter=["a_head", "z_conv"])
   acts = act(IMAGES)
@@ -488,6 +519,27 @@ def test_plain_callable():
   _close(acts["a_second"], jnp.sum(jnp.tanh(IMAGES), axis=-1))
   assert act.layer_names(IMAGES) == ["z_first", "a_second"]
   assert list(jax.jit(act.apply)(None, IMAGES)) == ["z_first", "a_second"]
+
+
+def test_repr_of_callables_elides_long_layer_lists():
+  act = capture.from_callable(_two_layers)
+  act(IMAGES)
+  assert repr(act) == ("Activations(callable _two_layers;\n"
+                       "  2 layers, per-sample shapes at the latest call:\n"
+                       "    z_first (6, 6, 3), a_second (6, 6))")
+
+  many = capture.Activations(
+      apply=lambda p, x: {f"layer{i:02d}": x * p for i in range(40)},
+      params=jnp.ones((2, 3)))
+  assert repr(many).startswith("Activations(6 values in params;")
+  many(jnp.ones((B, 2, 3)))
+  lines = repr(many).splitlines()
+  # Header, count, 3 lines of layers, the elision, the last 2 lines.
+  assert len(lines) == 8
+  assert lines[2].startswith("    layer00 (2, 3), layer01 (2, 3),")
+  assert lines[-1].endswith("layer39 (2, 3))")
+  shown = sum(line.count("(2, 3)") for line in lines)
+  assert lines[5] == f"    ... {40 - shown} more ...,"
 
 
 def test_as_activations_errors(nnx_cnn, cnn):

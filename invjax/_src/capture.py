@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import sys
 from typing import (Any, Callable, Hashable, Iterable, Mapping, NamedTuple,
                     Sequence, Union)
@@ -86,20 +87,30 @@ class Activations:
       compute the same function of ``(params, images)``, so the engine may
       reuse a program compiled for one with the other. Left as ``None``, a
       fresh key is made that equals no other.
+    description: a few words on what ``apply`` computes, for ``repr``
+      (``"flax.linen SimpleConv, 74,834 parameters"``); ``None`` counts the
+      values in ``params``.
   """
   apply: Callable[[Params, Array], Mapping[str, Array]]
   params: Params = None
   key: Hashable = None
+  description: str | None = None
+  # The layers of the latest call, for repr; shared with apply's closure.
+  _log: "_LayerLog" = dataclasses.field(default=None, repr=False)
 
   def __post_init__(self):
     if not callable(self.apply):
       raise TypeError(f"Activations.apply must be callable, got {self.apply!r}")
     if self.key is None:
       object.__setattr__(self, "key", _fresh_key())
+    if self._log is None:
+      object.__setattr__(self, "_log", _LayerLog())
 
   def __call__(self, images: Array) -> Mapping[str, Array]:
     """Returns ``apply(params, images)``."""
-    return self.apply(self.params, images)
+    out = self.apply(self.params, images)
+    self._log.note_arrays(out)
+    return out
 
   def layer_names(self, example_images: Any) -> list[str]:
     """Names of the layers ``apply`` returns, in execution order.
@@ -111,7 +122,69 @@ class Activations:
     Returns:
       The keys of ``apply(params, example_images)``.
     """
-    return list(jax.eval_shape(self.apply, self.params, example_images))
+    out = jax.eval_shape(self.apply, self.params, example_images)
+    self._log.note_arrays(out)
+    return list(out)
+
+  def __repr__(self) -> str:
+    # The default dataclass repr prints every weight: hundreds of lines.
+    what = self.description or _count_values(self.params)
+    layers = self._log.layers
+    if layers is None:
+      return (f"Activations({what};\n  layers: known after the first call "
+              "(or .layer_names(images), which computes nothing))")
+    entries = [f"{name} {tuple(shape)}" for name, shape in layers]
+    return (f"Activations({what};\n  {len(layers)} layers, per-sample shapes "
+            f"at the latest call:\n{_wrap_entries(entries)})")
+
+
+class _LayerLog:
+  """Names and per-sample shapes of the layers an `Activations` last gave."""
+
+  def __init__(self):
+    self.layers = None  # [(name, shape without the batch axis)]
+
+  def note(self, leaves: Iterable[Any]) -> None:
+    self.layers = [(leaf.name, leaf.shape) for leaf in leaves]
+
+  def note_arrays(self, acts: Any) -> None:
+    if isinstance(acts, Mapping):
+      self.layers = [(name, tuple(getattr(a, "shape", ())[1:]))
+                     for name, a in acts.items()]
+
+
+def _count_values(params: Any) -> str:
+  """``"1,234 parameters"``, Linen's ``'params'`` collection apart."""
+  if params is None:
+    return "no parameters of its own"
+  if isinstance(params, Mapping) and "params" in params:
+    others = sorted(str(k) for k in params if k not in ("params",
+                                                        "intermediates"))
+    extra = f" (+ {', '.join(others)})" if others else ""
+    return f"{_size(params['params']):,} parameters{extra}"
+  return f"{_size(params):,} values in params"
+
+
+def _size(tree: Any) -> int:
+  return sum(int(math.prod(getattr(x, "shape", ()))) for x in
+             jax.tree.leaves(tree) if hasattr(x, "shape"))
+
+
+def _wrap_entries(entries: Sequence[str], width: int = 78,
+                  max_lines: int = 6) -> str:
+  """Comma-separated entries in indented lines; the middle ones elided."""
+  lines, current = [], []
+  for entry in entries:
+    if current and len(", ".join(current + [entry])) + 4 > width:
+      lines.append(current)
+      current = []
+    current.append(entry)
+  if current:
+    lines.append(current)
+  if len(lines) > max_lines:
+    hidden = sum(len(line) for line in lines[3:-2])
+    lines = lines[:3] + [[f"... {hidden} more ..."]] + lines[-2:]
+  return ",\n".join("    " + ", ".join(line) for line in lines)
 
 
 def _fresh_key() -> Hashable:
@@ -157,13 +230,18 @@ def as_activations(obj: Any) -> Activations:
         "expected an Activations, a Flax NNX module or a callable "
         f"images -> dict[str, array], got {type(obj).__name__}")
   fn = obj
+  log = _LayerLog()
 
   def apply(params, images):
     del params  # A plain callable closes over its own weights.
-    return _checked_activations(fn(images), fn)
+    out = _checked_activations(fn(images), fn)
+    log.note_arrays(out)
+    return out
 
+  name = getattr(fn, "__qualname__", type(fn).__name__)
   return Activations(apply=apply, params=None,
-                     key=_hashable_or_fresh(("callable", fn)))
+                     key=_hashable_or_fresh(("callable", fn)),
+                     description=f"callable {name}", _log=log)
 
 
 def from_callable(fn: Callable[[Array], Mapping[str, Array]]) -> Activations:
@@ -257,6 +335,7 @@ class _Leaf(NamedTuple):
   """One named activation: where to find it in a pytree of results."""
   name: str
   keys: tuple[Any, ...]  # jax key entries from the root of the result tree.
+  shape: tuple[int, ...] = ()  # per sample, without the batch axis
 
 
 def _key_text(k: Any) -> str:
@@ -291,7 +370,8 @@ def _split_value(base: str, prefix: tuple[Any, ...], value: Any,
     if shape is None or len(shape) < 1 or shape[0] != batch:
       continue
     suffix = "".join(f"[{_key_text(k)}]" for k in path)
-    leaves.append(_Leaf(base + suffix, prefix + tuple(path)))
+    leaves.append(_Leaf(base + suffix, prefix + tuple(path),
+                        tuple(shape[1:])))
   return leaves
 
 
@@ -494,15 +574,21 @@ def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
       plans[cache_key] = _plan_linen(run, variables, images, entry_name, filter)
     return plans[cache_key]
 
+  log = _LayerLog()
+
   def apply(variables, images):
     plan = plan_for(variables, images)
     def capture(mdl, method_name):
       return method_name in plan.methods.get(tuple(mdl.path), ())
+    log.note(plan.leaves)
     return _gather(plan.leaves, run(variables, images, capture))
 
   key = ("linen", module, method, _filter_key(filter), _merge_key(apply_kwargs),
          mutable if isinstance(mutable, bool) else tuple(mutable))
-  return Activations(apply=apply, params=variables, key=_hashable_or_fresh(key))
+  description = (f"flax.linen {type(module).__name__}, "
+                 f"{_count_values(variables)}")
+  return Activations(apply=apply, params=variables, key=_hashable_or_fresh(key),
+                     description=description, _log=log)
 
 
 def _merge_mutable(mutable: Any) -> Any:
@@ -711,15 +797,20 @@ def nnx(model: Any, *, filter: LayerFilter = None) -> Activations:
     return out, flax_nnx.to_pure_dict(calls), flax_nnx.to_pure_dict(sown)
 
   plans = {}
+  log = _LayerLog()
 
   def apply(state, images):
     cache_key = _cache_key(state, images)
     if cache_key not in plans:
       plans[cache_key] = _plan_nnx(run, state, images, filter)
+    log.note(plans[cache_key])
     return _gather(plans[cache_key], run(state, images))
 
   key = ("nnx", graphdef, _filter_key(filter))
-  return Activations(apply=apply, params=state, key=_hashable_or_fresh(key))
+  n_params = _size(flax_nnx.state(model, flax_nnx.Param))
+  description = f"flax.nnx {type(model).__name__}, {n_params:,} parameters"
+  return Activations(apply=apply, params=state, key=_hashable_or_fresh(key),
+                     description=description, _log=log)
 
 
 def _plan_nnx(run, state, images, layer_filter) -> tuple[_Leaf, ...]:
