@@ -1,6 +1,9 @@
 """Whole-network activations: Linen, NNX and plain callables as one type.
 
-See `invjax._src.capture` for naming and ordering rules.
+A layer is a module's method output or a value sown into the intermediates
+(``relu`` and ``max_pool`` are functions, captured only when sown); see
+`linen` and `nnx` for exactly what is captured, and `invjax._src.capture` for
+naming and ordering rules.
 """
 
 from invjax._src.capture import Activations

@@ -2,6 +2,7 @@
 applied by hand, and every ordering claim against a model built to break it."""
 
 import collections
+import doctest
 
 import flax.linen as nn
 from flax import nnx as flax_nnx
@@ -578,3 +579,17 @@ def test_select_layers():
     capture.select_layers(names, ["a", "d"])
   with pytest.raises(ValueError, match="no layers"):
     capture.select_layers(names, [])
+
+
+@pytest.mark.parametrize("fn", [capture.linen, capture.nnx])
+def test_docstring_examples_tap_function_calls(fn):
+  # The examples show what is not captured (relu, max_pool) and how to sow
+  # it; running them keeps the documented layer lists true.
+  finder = doctest.DocTestFinder(recurse=False)
+  runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+  tests = finder.find(fn, globs={})
+  for test in tests:
+    runner.run(test)
+  outcome = runner.summarize(verbose=False)
+  assert outcome.attempted >= 5 and outcome.failed == 0
+  assert "'relu1'" in fn.__doc__ and "max_pool" in fn.__doc__

@@ -10,6 +10,10 @@ people write JAX networks into one type, `Activations`:
 
     acts(images)   # {"Conv_0": (B, H, W, C), ..., "Dense_0": (B, K)}
 
+A layer is a module's method output or a sown value (see `linen` and `nnx` for
+exactly what is captured): functions such as ``relu`` and ``max_pool`` are not
+modules, so their results are captured only when sown.
+
 `Activations.apply(params, images)` is pure: the weights come in as an argument,
 so the engine can `jax.jit` it without baking the weights in as constants, and
 `jax.grad` with respect to the weights works.
@@ -245,7 +249,12 @@ def as_activations(obj: Any) -> Activations:
 
 
 def from_callable(fn: Callable[[Array], Mapping[str, Array]]) -> Activations:
-  """Wraps ``fn(images) -> {name: (B, ...)}``; alias of `as_activations`."""
+  """Wraps ``fn(images) -> {name: (B, ...)}``; alias of `as_activations`.
+
+  Any model becomes measurable this way, whatever its framework: return the
+  activations to measure, in execution order. `invjax.measure` also takes such
+  a callable directly and wraps it with this function.
+  """
   return as_activations(fn)
 
 
@@ -493,17 +502,29 @@ def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
           apply_kwargs: Mapping[str, Any] | None = None) -> Activations:
   """Activations of a Flax Linen module, via ``capture_intermediates``.
 
-  Captures the output of every public method call (``__call__`` and methods not
-  starting with ``_``) of every submodule, every value sown into the
-  ``'intermediates'`` collection (``self.sow('intermediates', 'feat', x)``) and
-  the network output (``"output"``, unless it is one of those values already).
-  Names follow the module docstring.
+  What is captured, exactly:
+
+  * the output of every public method call (``__call__`` and methods not
+    starting with ``_``, e.g. ``encoder.embed``) of every submodule, and of the
+    top-level module's methods called from the entry method (``"encode"``);
+  * every value sown into the ``'intermediates'`` collection
+    (``self.sow('intermediates', 'feat', x)``);
+  * the network output (``"output"``, unless it is one of those values
+    already).
+
+  Nothing else: a function call is not a module, so the results of
+  ``nn.relu``, ``nn.max_pool``, ``jnp.mean`` or a reshape are not captured,
+  nor are values inside a method before it returns. To measure one, sow it,
+  ``x = nn.relu(x); self.sow('intermediates', 'relu1', x)``, or make it a
+  submodule (a module whose ``__call__`` applies the function, as
+  `invjax.models` does for its activations and pooling). Names follow the
+  module docstring.
 
   Order. Linen's automatic names follow construction, not execution: in
   ``nn.Dense(3)(nn.relu(nn.Dense(4)(x)))`` the 3-unit ``Dense_0`` is built
   first but ``Dense_1`` runs first. The order here is the order in which the
   method calls *complete*: Flax calls the ``capture_intermediates`` predicate
-  as each call returns, so one abstract trace (`jax.eval_shape`, cached per
+  as each call returns, so one abstract trace (`jax.make_jaxpr`, cached per
   input shape and dtype) records it. Sown values are placed by the same clock:
   a value sown by a module is listed just before the output of the next method
   call to complete after the sow, whether that call is the module's own (the
@@ -539,6 +560,21 @@ def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
   Raises:
     TypeError: ``module`` is not a Linen module, or ``apply_kwargs`` holds
       ``capture_intermediates``.
+
+  Examples:
+    >>> import flax.linen as nn, jax, jax.numpy as jnp
+    >>> from invjax import capture
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     x = nn.relu(nn.Conv(4, (3, 3))(x))
+    ...     self.sow("intermediates", "relu1", x)  # a function's output
+    ...     x = nn.max_pool(x, (2, 2), strides=(2, 2))  # not captured
+    ...     return nn.Dense(10)(x.reshape((x.shape[0], -1)))
+    >>> x = jnp.ones((2, 8, 8, 1))
+    >>> acts = capture.linen(Net(), Net().init(jax.random.key(0), x))
+    >>> acts.layer_names(x)  # the logits once, as Dense_0
+    ['Conv_0', 'relu1', 'Dense_0']
   """
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
 
@@ -745,12 +781,24 @@ def nnx(model: Any, *, filter: LayerFilter = None) -> Activations:
   """Activations of a Flax NNX module, via `flax.nnx.capture`.
 
   Runs ``model(images)`` under ``nnx.capture(..., nnx.Intermediate,
-  method_outputs=...)``, which stores the output of every public method
-  (``__call__`` and names without a leading ``_``) *defined on each module's
-  own class* (inherited methods are not instrumented by Flax), plus every value
-  sown with ``self.sow(nnx.Intermediate, name, x)``, plus the network output
-  (``"output"``, unless it is one of those values already). Names follow the
-  module docstring; module paths are attribute paths (``"blocks/0/linear"``).
+  method_outputs=...)``. What is captured, exactly:
+
+  * the output of every call of a public method (``__call__`` and names
+    without a leading ``_``) *defined on each module's own class* (inherited
+    methods are not instrumented by Flax), submodules and the model itself
+    (its own ``__call__`` is ``"output"``);
+  * every value sown with ``self.sow(nnx.Intermediate, name, x)`` (or a
+    subclass of `nnx.Intermediate`);
+  * the network output (``"output"``, unless it is one of those values
+    already).
+
+  Nothing else: the results of functions (``nnx.relu``, ``nnx.max_pool``,
+  ``jnp`` operations) are not captured. To measure one, sow it:
+  ``x = nnx.relu(x); self.sow(nnx.Intermediate, 'relu1', x)``, which
+  `capture.nnx` collects through `nnx.capture` (Flax ≥ 0.12.6 warns about a
+  ``sow`` made outside `nnx.capture`, e.g. by calling ``model(x)`` directly).
+  Names follow the module docstring; module paths are attribute paths
+  (``"blocks/0/linear"``).
 
   The model is split with `nnx.split`; ``params`` is the whole state (weights,
   batch statistics, RNG state) and ``apply`` merges it back inside, so it is
@@ -780,6 +828,22 @@ def nnx(model: Any, *, filter: LayerFilter = None) -> Activations:
 
   Raises:
     TypeError: ``model`` is not an NNX module.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from invjax import capture
+    >>> class Net(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+    ...     self.head = nnx.Linear(64, 10, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     x = nnx.relu(self.conv(x))
+    ...     self.sow(nnx.Intermediate, "relu1", x)  # a function's output
+    ...     x = nnx.max_pool(x, (2, 2), strides=(2, 2))  # not captured
+    ...     return self.head(x.reshape((x.shape[0], -1)))
+    >>> capture.nnx(Net(nnx.Rngs(0))).layer_names(jnp.ones((2, 8, 8, 1)))
+    ['conv', 'relu1', 'head']
   """
   from flax import nnx as flax_nnx  # pylint: disable=g-import-not-at-top
 
