@@ -1,7 +1,8 @@
 """One-parameter image flows t ↦ warp_t(x) and their tangents at t = 0.
 
 The generators of `invjax.measures.lie_derivative` (Gruver et al. 2023).
-See `invjax._src.flows` for the coordinate conventions.
+See `invjax._src.flows` for the coordinate conventions, and
+`lie_deriv_factor` for the units and signs of Gruver et al.'s code.
 """
 
 from invjax._src.flows import affine_flow
@@ -12,6 +13,7 @@ from invjax._src.flows import Flow
 from invjax._src.flows import gain
 from invjax._src.flows import hyperbolic_rotation
 from invjax._src.flows import image_gradient
+from invjax._src.flows import lie_deriv_factor
 from invjax._src.flows import rotation
 from invjax._src.flows import saturation
 from invjax._src.flows import scale
@@ -30,6 +32,7 @@ __all__ = (
     "gain",
     "hyperbolic_rotation",
     "image_gradient",
+    "lie_deriv_factor",
     "rotation",
     "saturation",
     "scale",

@@ -564,3 +564,166 @@ def test_closed_form_exponential():
     for j, t in enumerate(ts):
       np.testing.assert_allclose(got[i, j], scipy.linalg.expm(t * g),
                                  atol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# lie-deriv's forward-difference tangent, units and signs (Gruver et al.'s
+# code: bilinear sampling on affine_grid(align_corners=True) positions with
+# mirror borders, differentiated by autograd at t = 0).
+
+
+def _mirror(i, n):
+  """lie-deriv's border rule for integer indices: −1 ↦ 1, n ↦ n − 2."""
+  return (n - 1) - np.abs((n - 1) - np.abs(i))
+
+
+def _their_sample(img, theta, cells=None):
+  """NumPy float64 emulation of lie-deriv's warp of one (H, W, C) image.
+
+  θ is their 2×3 matrix on normalised (x, y, 1) coordinates mapping each
+  output point to the point it samples. ``cells``: (row, col) of each
+  point's bilinear cell; by default its floor. Fixing the cells makes the
+  warp a polynomial in the positions, which is what their autograd
+  differentiates (their floor sits under torch.no_grad()).
+  """
+  h, w = img.shape[:2]
+  yn, xn = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w),
+                       indexing="ij")
+  ix = (theta[0, 0] * xn + theta[0, 1] * yn + theta[0, 2] + 1) / 2 * (w - 1)
+  iy = (theta[1, 0] * xn + theta[1, 1] * yn + theta[1, 2] + 1) / 2 * (h - 1)
+  r0, c0 = (np.floor(iy), np.floor(ix)) if cells is None else cells
+  fy, fx = (iy - r0)[..., None], (ix - c0)[..., None]
+  r0, c0 = r0.astype(int), c0.astype(int)
+  at = lambda r, c: img[_mirror(r, h), _mirror(c, w)]
+  return ((1 - fy) * (1 - fx) * at(r0, c0) + (1 - fy) * fx * at(r0, c0 + 1)
+          + fy * (1 - fx) * at(r0 + 1, c0) + fy * fx * at(r0 + 1, c0 + 1))
+
+
+def _their_theta(name, t):
+  """Their transforms' affine matrices θ(t) (``lee/transforms.py``)."""
+  c, s = np.cos(t), np.sin(t)
+  return np.array({
+      "translation_x": [[1, 0, t], [0, 1, 0]],
+      "translation_y": [[1, 0, 0], [0, 1, t]],
+      "rotation": [[c, s, 0], [-s, c, 0]],
+      "shear_x": [[1, t, 0], [0, 1, 0]],
+      "shear_y": [[1, 0, 0], [t, 1, 0]],
+      "hyperbolic_rotation": [[np.cosh(t), np.sinh(t), 0],
+                              [np.sinh(t), np.cosh(t), 0]],
+      "scale": [[1 - t, 0, 0], [0, 1 - t, 0]],
+  }[name], dtype=np.float64)
+
+
+LIE_DERIV = ("translation_x", "translation_y", "rotation", "shear_x",
+             "shear_y", "hyperbolic_rotation", "scale")
+
+
+def test_forward_tangent_by_hand():
+  """A 3×4 image: forward differences with lie-deriv's mirror border."""
+  img = np.array([[0., 1., 4., 9.],
+                  [2., 3., 5., 7.],
+                  [1., 1., 2., 6.]])[..., None]
+  # Column c + 1 with the mirror border: the last column's neighbour is
+  # column W − 2 = 2, so its forward difference is x[:, 2] − x[:, 3].
+  d_col = img[:, [1, 2, 3, 2]] - img
+  np.testing.assert_array_equal(d_col[0, :, 0], [1., 3., 5., -5.])
+  d_row = img[[1, 2, 1]] - img                  # row H = 3 ↦ row 1
+  np.testing.assert_array_equal(d_row[:, 0, 0], [2., -1., 1.])
+  with jax.enable_x64(True):
+    x = jnp.asarray(img)
+    tx, ty = flows.translation_x(), flows.translation_y()
+    # Ours: content moves right (down) along ξ = (0, 1) ((1, 0)): v⁺ = −D⁺x.
+    np.testing.assert_array_equal(tx.forward_tangent(x), -d_col)
+    np.testing.assert_array_equal(ty.forward_tangent(x), -d_row)
+    np.testing.assert_array_equal(
+        flows.image_gradient(x, difference="forward")[1], d_col)
+    # Theirs: translate(t) samples column c + t·(W−1)/2, so their derivative
+    # is +(W−1)/2·D⁺x = c·v⁺ with c = −(W−1)/2.
+    c = flows.lie_deriv_factor("translation_x", 3, 4)
+    assert c == -1.5
+    np.testing.assert_array_equal(c * tx.forward_tangent(x), 1.5 * d_col)
+    assert flows.lie_deriv_factor("translation_y", 3, 4) == -1.0
+    # The exact tangent is the central difference (0 at the mirrored border).
+    np.testing.assert_array_equal(tx.tangent(x)[0, :, 0], [0., -2., -4., 0.])
+    # Through lie_derivative: a linear readout sees the chosen tangent.
+    wts = np.random.default_rng(11).normal(size=(3, 4, 1, 2))
+    fn = lambda z: jnp.einsum("bhwc,hwck->bk", z, jnp.asarray(wts))
+    fwd = lie.lie_derivative(fn, x[None], tx, output="logits",
+                             tangent="forward")
+    exact = lie.lie_derivative(fn, x[None], tx, output="logits")
+    central = np.asarray(tx.tangent(x))
+  np.testing.assert_allclose(
+      fwd.derivative[0], np.einsum("hwc,hwck->k", -d_col, wts), rtol=1e-12)
+  np.testing.assert_allclose(
+      exact.derivative[0], np.einsum("hwc,hwck->k", central, wts), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", LIE_DERIV)
+def test_lie_deriv_units_and_signs(name):
+  """Their transform at t is ours at c·t; their derivative is c·v⁺."""
+  n = 6
+  img = np.random.default_rng(12).uniform(size=(n, n, 2))
+  c = flows.lie_deriv_factor(name, n, n)
+  fl = flows.flow(name)
+  with jax.enable_x64(True):
+    x = jnp.asarray(img)
+    # Finite t: the same bilinear, mirror-bordered image, content moved the
+    # same way (scale is (1 − s)·p there, exp(−t)·p here).
+    t = 0.13
+    ours_t = -np.log1p(-t) if name == "scale" else c * t
+    np.testing.assert_allclose(_their_sample(img, _their_theta(name, t)),
+                               fl.warp(x, ours_t), atol=1e-12)
+    forward, exact = fl.forward_tangent(x), fl.tangent(x)
+  # Their autograd at t = 0: the derivative of the bilinear weights of the
+  # cells the points sit in at t = 0 (integer positions, exact arithmetic).
+  cells = tuple(np.mgrid[:n, :n].astype(float))
+  h = 1e-6
+  theirs = (_their_sample(img, _their_theta(name, h), cells)
+            - _their_sample(img, _their_theta(name, -h), cells)) / (2 * h)
+  np.testing.assert_allclose(c * np.asarray(forward), theirs, atol=1e-8)
+  # The exact tangent is not theirs: half a pixel apart.
+  assert np.abs(c * np.asarray(exact) - theirs).max() > 0.05
+
+
+def test_lie_deriv_factor_refuses_what_has_no_counterpart():
+  assert flows.lie_deriv_factor("scale", 5, 7) == 1.0
+  assert flows.lie_deriv_factor("gain", 5, 7) == 1.0
+  assert flows.lie_deriv_factor("translation_x", 5, 7) == -3.0
+  for name in ("stretch", "brightness", "contrast", "saturation"):
+    with pytest.raises(ValueError, match="no lie-deriv counterpart"):
+      flows.lie_deriv_factor(name, 8, 8)
+  with pytest.raises(ValueError, match="square"):
+    flows.lie_deriv_factor("rotation", 8, 6)
+
+
+def test_forward_tangent_option():
+  """tangent="forward" on every action; the layer-wise sum still telescopes."""
+  gens = ("translation_x", "rotation", "gain")
+  x = jnp.asarray(_smooth_images(2), jnp.float32)
+  layers = _layers(jnp.float32)
+
+  @jax.jit
+  def run(x):
+    return (lie.layerwise_lie_derivative(layers, x, gens, output="logits",
+                                         tangent="forward"),
+            lie.lie_derivative(_compose(layers), x, gens, output="logits",
+                               tangent="forward"),
+            lie.lie_derivative(_compose(layers), x, gens, output="logits"))
+
+  lw, fwd, exact = run(x)
+  np.testing.assert_allclose(np.asarray(lw.contributions).sum(0),
+                             fwd.derivative, rtol=1e-4, atol=1e-6)
+  for g, name in enumerate(gens):
+    v = jax.vmap(flows.flow(name).forward_tangent or
+                 flows.flow(name).tangent)(x)
+    np.testing.assert_allclose(
+        fwd.derivative[g], jax.jvp(_compose(layers), (x,), (v,))[1],
+        rtol=1e-4, atol=1e-6)
+  # Geometric flows differ from the exact tangent; the colour flow does not.
+  assert _rel(fwd.derivative[0], exact.derivative[0]) > 0.05
+  np.testing.assert_array_equal(fwd.derivative[2], exact.derivative[2])
+  with pytest.raises(ValueError, match="tangent"):
+    lie.lie_derivative(_compose(layers), x, "rotation", tangent="central")
+  bare = flows.rotation()._replace(forward_tangent=None)
+  with pytest.raises(ValueError, match="forward_tangent"):
+    lie.lie_derivative(_compose(layers), x, bare, tangent="forward")

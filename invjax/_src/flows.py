@@ -38,8 +38,8 @@ Units: translations are in **input pixels** per unit t; rotation, shear,
 scale and hyperbolic rotation are dimensionless, so their generators are per
 **radian** (the natural Lie-algebra unit; the angle APIs elsewhere in invjax
 take degrees: multiply a per-radian derivative by π/180 for per-degree).
-Gruver et al. translate in normalised coordinates where one pixel is
-2/(W−1); multiply our translation derivative by (W−1)/2 to compare.
+Gruver et al.'s code (``ngruver/lie-deriv``, ``lee/transforms.py``) uses
+other units *and signs*; `lie_deriv_factor` converts (see below).
 
 The generator fields, ξ = (ξ_row, ξ_col):
 
@@ -79,6 +79,40 @@ matching padding used for the central differences:
 Bilinear warps are only piecewise smooth in t: the finite difference of a
 warp at a finite step matches the tangent up to O(t)·(second differences of
 x). Tests therefore use smooth images (sums of Gaussians).
+
+lie-deriv's tangent and units
+-----------------------------
+Gruver et al.'s code, the source of the LEE paper's numbers, does *not* use
+the central difference. It warps with ``F.affine_grid(align_corners=True)``
+and a hand-written bilinear ``grid_sample`` whose cell index ``floor(p)`` is
+taken under ``torch.no_grad()``, then differentiates at t = 0 with autograd.
+At t = 0 every sample position p is an integer, so the weights' slope is
+that of the cell [p, p + 1]: the derivative along each axis is the
+**forward difference** D⁺x(p) = x(p + 1) − x(p), times the sample point's
+velocity, with the mirror border (index W ↦ W − 2) of their sampler. In this
+module's parametrisation that is
+
+    v⁺(x)(p) = −D⁺x(p) · ξ(p)        (`Flow.forward_tangent`),
+
+centred half a pixel off p, where `Flow.tangent`'s central difference is
+centred on p: a one-sided approximation that `invjax._src.lie` offers as
+``tangent="forward"`` only to reproduce their numbers. (In float32,
+``affine_grid``'s ``linspace`` can leave a sample position just below an
+integer; their code then takes the backward difference there. Which
+pixels that hits depends on torch's kernels and the device; v⁺ is the
+definition in exact arithmetic.)
+
+Their parameter t is also not ours. Positions are normalised to [−1, 1]
+(one pixel = 2/(W−1)) and the affine matrix maps *output* to *source*
+points, so content moves the other way: their ``translate(img, t)`` is our
+``translation_x.warp(img, −t·(W−1)/2)`` and their ``rotate(img, t)`` (on a
+square image) our ``rotation.warp(img, −t)``. Their derivative is c times
+ours, c = `lie_deriv_factor`: −(W−1)/2 for ``translation_x``, −(H−1)/2 for
+``translation_y``, −1 for ``rotation``, ``shear_x``, ``shear_y`` and
+``hyperbolic_rotation``, +1 for ``scale`` (their scale(s) samples at
+(1 − s)·p) and ``gain`` (their "saturate"). Their stretch sets a single
+diagonal entry of a zero matrix (the other axis collapses), so it has no
+counterpart.
 
 Colour flows
 ------------
@@ -124,6 +158,7 @@ _PAD_MODES = {
     "wrap": "wrap",
     "constant": "constant",
 }
+_DIFFERENCES = ("central", "forward")
 
 
 class Flow(NamedTuple):
@@ -145,12 +180,17 @@ class Flow(NamedTuple):
       S = diag(sy, sx): translations shrink with the map, rotations stay
       rotations about the map's own centre. None for colour flows, which act
       trivially on feature maps.
+    forward_tangent: for geometric flows, ``image -> image``: −D⁺x·ξ with
+      forward differences, the finite-difference tangent of Gruver et al.'s
+      code (see the module docstring); None for colour flows, which are
+      pointwise, so the two definitions agree.
   """
   name: str
   warp: Callable[[Array, Array], Array]
   tangent: Callable[[Array], Array]
   generator: tuple[tuple[float, ...], ...] | None = None
   rescale: Callable[[float, float], "Flow"] | None = None
+  forward_tangent: Callable[[Array], Array] | None = None
 
 
 def _check_image(image: Array, name: str) -> None:
@@ -170,19 +210,23 @@ def _centred_grid(h: int, w: int, dtype) -> tuple[Array, Array]:
   return jnp.meshgrid(y, x, indexing="ij")
 
 
-def image_gradient(image: Array, *, mode: str = "mirror",
-                   cval: float = 0.0) -> tuple[Array, Array]:
-  """Central-difference gradient (∂/∂row, ∂/∂col) of an (H, W, C) image.
+def image_gradient(image: Array, *, mode: str = "mirror", cval: float = 0.0,
+                   difference: str = "central") -> tuple[Array, Array]:
+  """Finite-difference gradient (∂/∂row, ∂/∂col) of an (H, W, C) image.
 
-  ∂x/∂row ≈ (x[r+1] − x[r−1]) / 2, with the image extended by one pixel past
-  its border according to ``mode`` (see the module docstring), so the result
-  matches the t → 0 limit of central differences of the bilinear warp.
+  ``"central"``: ∂x/∂row ≈ (x[r+1] − x[r−1]) / 2, the t → 0 limit of
+  central differences of the bilinear warp (what `Flow.tangent` uses).
+  ``"forward"``: ∂x/∂row ≈ x[r+1] − x[r], what autograd through a bilinear
+  sampler returns at integer positions (Gruver et al.'s code; see the module
+  docstring). The image is extended by one pixel past its border according
+  to ``mode``.
 
   Args:
     image: (H, W, C).
     mode: boundary rule, one of ``"mirror"``, ``"reflect"``, ``"nearest"``,
       ``"wrap"``, ``"constant"``.
     cval: fill value for ``"constant"``.
+    difference: ``"central"`` or ``"forward"``.
 
   Returns:
     Two arrays of the image's shape: derivatives along rows and columns.
@@ -191,11 +235,17 @@ def image_gradient(image: Array, *, mode: str = "mirror",
   if mode not in _PAD_MODES:
     raise ValueError(f"unknown mode {mode!r}; expected one of "
                      f"{sorted(_PAD_MODES)}")
+  if difference not in _DIFFERENCES:
+    raise ValueError(f"unknown difference {difference!r}; expected one of "
+                     f"{_DIFFERENCES}")
   pad = ((1, 1), (1, 1), (0, 0))
   if mode == "constant":
     padded = jnp.pad(image, pad, mode="constant", constant_values=cval)
   else:
     padded = jnp.pad(image, pad, mode=_PAD_MODES[mode])
+  if difference == "forward":
+    centre = padded[1:-1, 1:-1]
+    return padded[2:, 1:-1] - centre, padded[1:-1, 2:] - centre
   d_row = (padded[2:, 1:-1] - padded[:-2, 1:-1]) / 2
   d_col = (padded[1:-1, 2:] - padded[1:-1, :-2]) / 2
   return d_row, d_col
@@ -264,7 +314,8 @@ def affine_flow(generator, *, name: str = "affine", mode: str = "mirror",
   warp_t(x)(p) = x(expm(−t·G)·p) with G = [[A, b], [0, 0]] on centred
   homogeneous (row, col, 1) pixel coordinates, sampled bilinearly with
   `jax.scipy.ndimage.map_coordinates`; tangent v = −∇x·ξ with ∇x by central
-  differences (`image_gradient`). See the module docstring for conventions.
+  differences (`image_gradient`), and ``forward_tangent`` −D⁺x·ξ with forward
+  differences (lie-deriv's). See the module docstring for conventions.
 
   Args:
     generator: 2×3 ``[A | b]`` or 3×3 matrix; A maps (y, x) to the velocity
@@ -294,16 +345,25 @@ def affine_flow(generator, *, name: str = "affine", mode: str = "mirror",
         channel, (src_y, src_x), order=1, mode=mode, cval=cval)
     return jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
 
-  def tangent(image):
+  def directional(image, difference):
     _check_image(image, name)
     h, w, _ = image.shape
     y, x = _centred_grid(h, w, image.dtype)
     gd = jnp.asarray(g, image.dtype)
     xi_row = gd[0, 0] * y + gd[0, 1] * x + gd[0, 2]
     xi_col = gd[1, 0] * y + gd[1, 1] * x + gd[1, 2]
-    d_row, d_col = image_gradient(image, mode=mode, cval=cval)
+    d_row, d_col = image_gradient(image, mode=mode, cval=cval,
+                                  difference=difference)
     # d/dt x(M(−t)p) at 0 = ∇x(p) · (−ξ(p)).
     return -(d_row * xi_row[..., None] + d_col * xi_col[..., None])
+
+  def tangent(image):
+    return directional(image, "central")
+
+  def forward_tangent(image):
+    # Autograd through a bilinear sampler at integer positions sees the
+    # cell to the right/below whatever the sign of ξ: D⁺, not an upwind rule.
+    return directional(image, "forward")
 
   def rescale(sy, sx):
     s = np.diag([sy, sx, 1.0])
@@ -312,7 +372,7 @@ def affine_flow(generator, *, name: str = "affine", mode: str = "mirror",
 
   return Flow(name=name, warp=warp, tangent=tangent,
               generator=tuple(tuple(float(v) for v in row) for row in g),
-              rescale=rescale)
+              rescale=rescale, forward_tangent=forward_tangent)
 
 
 def translation_x(*, mode: str = "mirror", cval: float = 0.0) -> Flow:
@@ -490,3 +550,82 @@ def flow(name: str, **kwargs) -> Flow:
       raise TypeError(f"colour flow {name!r} takes no options, got {kwargs}")
     return _COLOUR[name]()
   raise ValueError(f"unknown flow {name!r}; expected one of {FLOW_NAMES}")
+
+
+# lie-deriv's derivative over ours: the velocity of their sample point in
+# pixels is c·(−ξ). Translations carry their one-pixel = 2/(size − 1) unit.
+_LIE_DERIV_SIGNS = {
+    "rotation": -1.0,
+    "shear_x": -1.0,
+    "shear_y": -1.0,
+    "hyperbolic_rotation": -1.0,
+    "scale": 1.0,
+    "gain": 1.0,
+}
+# Their rotation, shears and hyperbolic rotation act on normalised
+# coordinates, which for H ≠ W are not the pixel-grid flows of this module.
+_SQUARE_ONLY = ("rotation", "shear_x", "shear_y", "hyperbolic_rotation")
+
+
+def lie_deriv_factor(name: str, height: int, width: int) -> float:
+  """The factor c with (lie-deriv's Lie derivative) = c · (ours).
+
+  Gruver et al.'s code (``ngruver/lie-deriv``, ``lee/transforms.py`` and
+  ``lee/lie_derivs.py``) parametrises its transforms by an affine matrix
+  θ(t) on coordinates normalised to [−1, 1] with ``align_corners=True``,
+  mapping each output point to the point it samples. Differentiating at
+  t = 0, the sample point of their transform moves at c·(−ξ) pixels per unit
+  t where ours moves at −ξ, with
+
+    ==================== ====================== ============================
+    flow                 c                      their transform
+    ==================== ====================== ============================
+    translation_x        −(W−1)/2               ``translate(axis="x")``
+    translation_y        −(H−1)/2               ``translate(axis="y")``
+    rotation             −1                     ``rotate``
+    shear_x, shear_y     −1                     ``shear(axis="x"/"y")``
+    hyperbolic_rotation  −1                     ``hyperbolic_rotate``
+    scale                +1                     ``scale`` (samples (1−s)·p)
+    gain                 +1                     ``saturate`` (img·(1+t))
+    ==================== ====================== ============================
+
+  so their Lie derivative is c times ours computed with their tangent
+  (``tangent="forward"`` in `invjax._src.lie`), and their mean-|·| LEE
+  (``e2e_lee.py``) is |c| times our ``aggregate="mean_abs"`` one. Their
+  "saturate" scales the mean/std-normalised tensor, so ``gain`` matches it
+  when the network's input is that tensor.
+
+  Args:
+    name: a flow name with a lie-deriv counterpart (see the table).
+    height: the image height H in pixels.
+    width: the image width W in pixels.
+
+  Returns:
+    c as a Python float.
+
+  Raises:
+    ValueError: for flows lie-deriv lacks (brightness, contrast, saturation)
+      or gets wrong (its stretch collapses one axis), and for rotation,
+      shears and hyperbolic rotation of non-square images, where their
+      normalised-coordinate transform is not a flow of the pixel grid.
+
+  Example:
+    >>> lie_deriv_factor("translation_x", 224, 224)
+    -111.5
+  """
+  if name == "translation_x":
+    return -(width - 1) / 2
+  if name == "translation_y":
+    return -(height - 1) / 2
+  if name not in _LIE_DERIV_SIGNS:
+    raise ValueError(
+        f"lie_deriv_factor: no lie-deriv counterpart for {name!r}; expected "
+        f"one of {('translation_x', 'translation_y') + tuple(_LIE_DERIV_SIGNS)}"
+        " (their stretch collapses one axis; brightness, contrast and HSV "
+        "saturation do not exist there)")
+  if name in _SQUARE_ONLY and height != width:
+    raise ValueError(
+        f"lie_deriv_factor: lie-deriv's {name} acts on coordinates normalised "
+        f"per axis, which for a {height}×{width} image is not invjax's {name};"
+        " only square images compare")
+  return _LIE_DERIV_SIGNS[name]

@@ -23,6 +23,24 @@ by default on softmax probabilities; the dataset LEE is its mean over
 images. The two reference aggregations disagree (lie-deriv issue #6), so
 both are offered and neither is silent.
 
+Numbers beside lie-deriv's
+--------------------------
+Gruver et al.'s code (``ngruver/lie-deriv``, whose numbers the paper
+reports) differentiates its bilinear warp at t = 0 by autograd, which at
+integer sample positions returns the *forward* difference of the image
+(mirror border): v⁺ = −D⁺x·ξ instead of −∇x·ξ, half a pixel off (see
+`invjax._src.flows`). ``tangent="forward"`` uses v⁺ for the input and for
+every feature-map action, so that, with ``aggregate="mean_abs"`` and the
+factor c = `flows.lie_deriv_factor` (their units and signs: −(W−1)/2 for
+x-translations, −1 for rotations), c·L and |c|·LEE are their quantities.
+It is a finite-difference approximation kept only for comparison; the
+default ``tangent="exact"`` is the true t → 0 limit of the warp's central
+difference. Their code also maps a flow to a feature map of another size
+in normalised coordinates: an h-row map moves (h−1)/(H−1) times as many
+pixels as the input, here h/H. In `layerwise_lie_derivative` that only moves
+error between layers; with ``equivariant=True`` and an output of another
+size than the input it changes the end-to-end value too.
+
 Layer-wise decomposition
 ------------------------
 Write f = f_n ∘ … ∘ f_1, with the softmax (if any) folded into f_n;
@@ -72,6 +90,7 @@ FlowLike = Union[str, flows_lib.Flow]
 
 _AGGREGATES = ("mean_square", "mean_abs")
 _OUTPUTS = ("probabilities", "logits")
+_TANGENTS = ("exact", "forward")
 
 
 class LieDerivative(NamedTuple):
@@ -118,16 +137,34 @@ def _as_flows(generators) -> tuple[tuple[flows_lib.Flow, ...], bool]:
                for g in items), single
 
 
-def _check_options(output: str, aggregate: str) -> None:
+def _check_options(output: str, aggregate: str, tangent: str) -> None:
   if output not in _OUTPUTS:
     raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
   if aggregate not in _AGGREGATES:
     raise ValueError(
         f"aggregate must be one of {_AGGREGATES}, got {aggregate!r}")
+  if tangent not in _TANGENTS:
+    raise ValueError(f"tangent must be one of {_TANGENTS}, got {tangent!r}")
+
+
+def _tangent_fn(flow: flows_lib.Flow, tangent: str) -> Callable[[Array],
+                                                                 Array]:
+  """The flow's exact tangent, or lie-deriv's forward-difference one."""
+  if tangent == "exact":
+    return flow.tangent
+  if flow.forward_tangent is not None:
+    return flow.forward_tangent
+  if flow.generator is None:
+    # Colour flows are pointwise: no image differences, nothing to approximate.
+    return flow.tangent
+  raise ValueError(
+      f"tangent='forward': flow {flow.name!r} has no forward_tangent; build "
+      "geometric flows with invjax.flows.affine_flow")
 
 
 def _action_tangent(flow: flows_lib.Flow, h: Array,
-                    input_hw: tuple[int, int]) -> Array | None:
+                    input_hw: tuple[int, int],
+                    tangent: str = "exact") -> Array | None:
   """Tangent of the action on a batch of hidden activations, None if trivial.
 
   A (B, h, w, c) array is a feature map acted on by the flow rescaled from
@@ -139,7 +176,7 @@ def _action_tangent(flow: flows_lib.Flow, h: Array,
   hw = h.shape[1:3]
   if hw != tuple(input_hw):
     flow = flow.rescale(hw[0] / input_hw[0], hw[1] / input_hw[1])
-  return jax.vmap(flow.tangent)(h)
+  return jax.vmap(_tangent_fn(flow, tangent))(h)
 
 
 def _aggregate(derivative: Array, aggregate: str, batch_axis: int) -> Array:
@@ -150,9 +187,10 @@ def _aggregate(derivative: Array, aggregate: str, batch_axis: int) -> Array:
   return jnp.mean(jnp.abs(derivative), axis=axes)
 
 
-def _input_tangents(flows, images: Array) -> Array:
+def _input_tangents(flows, images: Array, tangent: str) -> Array:
   """(G, B, H, W, C) input tangents, one vmap over images per flow."""
-  return jnp.stack([jax.vmap(f.tangent)(images) for f in flows])
+  return jnp.stack([jax.vmap(_tangent_fn(f, tangent))(images)
+                    for f in flows])
 
 
 def lie_derivative(
@@ -163,6 +201,7 @@ def lie_derivative(
     output: str = "probabilities",
     aggregate: str = "mean_square",
     equivariant: bool = False,
+    tangent: str = "exact",
 ) -> LieDerivative:
   """Lie derivative L_A f(x) and LEE of a network, end to end.
 
@@ -188,6 +227,13 @@ def lie_derivative(
       the same flow rescaled to (h, w), and subtract its tangent:
       L = d/dt ρ₂(g_t)⁻¹ f(ρ₁(g_t)x). Requires image-like outputs and a
       geometric flow (a colour flow acts trivially on outputs).
+    tangent: ``"exact"``: v = −∇x·ξ with central differences, the t → 0
+      limit of the bilinear warp's central difference. ``"forward"``:
+      v⁺ = −D⁺x·ξ with forward differences, the approximation that Gruver
+      et al.'s code computes (autograd through its bilinear sampler at
+      t = 0, mirror border); with ``aggregate="mean_abs"`` and
+      `flows.lie_deriv_factor` it reproduces their numbers (see the module
+      docstring). Same for colour flows.
 
   Returns:
     A `LieDerivative` (derivative, per_image, lee).
@@ -200,7 +246,7 @@ def lie_derivative(
     >>> res.per_image.shape
     (2,)
   """
-  _check_options(output, aggregate)
+  _check_options(output, aggregate, tangent)
   flows, single = _as_flows(generators)
   images = jnp.asarray(images)
   if images.ndim != 4:
@@ -211,14 +257,14 @@ def lie_derivative(
     y = fn(x)
     return jax.nn.softmax(y, axis=-1) if output == "probabilities" else y
 
-  tangents = _input_tangents(flows, images)
+  tangents = _input_tangents(flows, images, tangent)
   y, dy = jax.vmap(lambda v: jax.jvp(network, (images,), (v,)),
                    out_axes=(None, 0))(tangents)
   if equivariant:
     if y.ndim != 4:
       raise ValueError("equivariant=True needs image-like outputs "
                        f"(B, h, w, c), got {y.shape}")
-    out_tangents = [_action_tangent(f, y, input_hw) for f in flows]
+    out_tangents = [_action_tangent(f, y, input_hw, tangent) for f in flows]
     dy = dy - jnp.stack([jnp.zeros_like(y) if t is None else t
                          for t in out_tangents])
   per_image = _aggregate(dy, aggregate, batch_axis=1)
@@ -236,6 +282,7 @@ def layerwise_lie_derivative(
     aggregate: str = "mean_square",
     feature_maps: bool = True,
     equivariant: bool = False,
+    tangent: str = "exact",
 ) -> LayerwiseLieDerivative:
   """Exact per-layer contributions c_i = J_{suffix_i}(h_i)·L_A f_i.
 
@@ -268,6 +315,11 @@ def layerwise_lie_derivative(
       flow; if False every hidden layer is required to be invariant.
     equivariant: also act on a (B, h, w, c) final output (see
       `lie_derivative`).
+    tangent: ``"exact"`` or ``"forward"`` (lie-deriv's forward-difference
+      tangent, on the input and on every feature-map action; see
+      `lie_derivative`). Lie-deriv maps a flow to a smaller feature map in
+      normalised coordinates, (h−1)/(H−1) where this uses h/H, so per-layer
+      values still differ from theirs; the total does not.
 
   Returns:
     A `LayerwiseLieDerivative`.
@@ -280,7 +332,7 @@ def layerwise_lie_derivative(
     >>> res.contributions.shape, res.lee.shape      # (L, G, B, out), (L, G)
     ((2, 2, 2, 3), (2, 2))
   """
-  _check_options(output, aggregate)
+  _check_options(output, aggregate, tangent)
   flows, single = _as_flows(generators)
   layers = list(layers)
   if not layers:
@@ -295,7 +347,7 @@ def layerwise_lie_derivative(
     """(G, *h.shape) tangents of the actions on h, or None if trivial."""
     if (last and not equivariant) or (not last and not feature_maps):
       return None
-    ts = [_action_tangent(f, h, input_hw) for f in flows]
+    ts = [_action_tangent(f, h, input_hw, tangent) for f in flows]
     if all(t is None for t in ts):
       return None
     return jnp.stack([jnp.zeros_like(h) if t is None else t for t in ts])
@@ -315,8 +367,8 @@ def layerwise_lie_derivative(
     layers[-1] = lambda z: jax.nn.softmax(last_layer(z), axis=-1)
 
   h = images
-  tau = _input_tangents(flows, images)       # τ_0 = v, (G, B, H, W, C)
-  stack = None                               # (i, G, B, ...): c_0 … c_{i−1}
+  tau = _input_tangents(flows, images, tangent)  # τ_0 = v, (G, B, H, W, C)
+  stack = None                          # (i, G, B, ...): c_0 … c_{i−1}
   for i, layer in enumerate(layers):
     h_next, linear = jax.linearize(layer, h)
     tau_next = action(h_next, last=(i == num_layers - 1))
