@@ -40,21 +40,30 @@ def np_linear_cka(x, y):
   return _np_cka_from_grams(x @ x.T, y @ y.T, _np_hsic_biased)
 
 
-def _np_rbf_gram(x, sigma_scale):
+def _np_lower_median(v):
+  """torch.median's rule: the lower of the two middle values."""
+  return np.sort(v)[(v.size - 1) // 2]
+
+
+def _np_rbf_gram(x, sigma_scale, median="lower"):
   x = _np_rows(x)
   n = x.shape[0]
   d = np.zeros((n, n))
   for i in range(n):
     for j in range(n):
       d[i, j] = np.sum((x[i] - x[j]) ** 2)
+  # Both triangles, as Nanda et al.'s kernel_CKA takes KX[KX != 0].
   off = d[~np.eye(n, dtype=bool)]
-  sigma = sigma_scale * np.sqrt(np.median(off[off > 0]))
+  off = off[off > 0]
+  mid = _np_lower_median(off) if median == "lower" else np.median(off)
+  sigma = sigma_scale * np.sqrt(mid)
   return np.exp(-d / (2 * sigma**2))
 
 
-def np_rbf_cka(x, y, sigma_scale=1.0):
-  return _np_cka_from_grams(_np_rbf_gram(x, sigma_scale),
-                            _np_rbf_gram(y, sigma_scale), _np_hsic_biased)
+def np_rbf_cka(x, y, sigma_scale=1.0, median="lower"):
+  return _np_cka_from_grams(_np_rbf_gram(x, sigma_scale, median),
+                            _np_rbf_gram(y, sigma_scale, median),
+                            _np_hsic_biased)
 
 
 def np_hsic_unbiased(k, l):
@@ -148,6 +157,45 @@ def test_rbf_sigma_scale_matches_reference():
                                  rtol=1e-9)
   # The bandwidth matters: a different scale gives a different value.
   assert abs(np_rbf_cka(x, y, 0.5) - np_rbf_cka(x, y, 2.0)) > 1e-3
+
+
+def _np_stir_kernel_cka(x, y):
+  """Nanda et al.'s kernel_CKA (stir/CKA_pytorch.py) in NumPy float64.
+
+  Their Gram matrices: squared distances diag(G) − G + (diag(G) − G)ᵀ from
+  G = XXᵀ, σ² = torch.median of the nonzero entries (the lower middle value
+  of an even count), HKH with a dense H.
+  """
+  def gram(a):
+    g = a @ a.T
+    d = np.diag(g)[:, None] - g
+    d = d + d.T
+    return np.exp(-d / (2 * _np_lower_median(d[d != 0])))
+
+  def hsic(k, l):
+    h = np.eye(k.shape[0]) - 1 / k.shape[0]
+    return np.sum((h @ k @ h) * (h @ l @ h))
+
+  k, l = gram(x), gram(y)
+  return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+
+
+@pytest.mark.parametrize("n", [5, 40])
+def test_rbf_median_matches_stir_kernel_cka(n):
+  """An even number of pairs (10, 780), whose two middle values differ."""
+  x, y = _related_pair(21, n=n)
+  assert n * (n - 1) // 2 % 2 == 0
+  with jax.enable_x64(True):
+    got = sim.rbf_cka(jnp.asarray(x), jnp.asarray(y))
+    mean = sim.rbf_cka(jnp.asarray(x), jnp.asarray(y), median="mean")
+  np.testing.assert_allclose(float(got), _np_stir_kernel_cka(x, y),
+                             rtol=1e-9)
+  np.testing.assert_allclose(float(mean), np_rbf_cka(x, y, median="mean"),
+                             rtol=1e-9)
+  # The rule matters at this n: np.median's average is not STIR's value.
+  assert abs(float(got) - float(mean)) > 1e-6
+  with pytest.raises(ValueError, match="median"):
+    sim.rbf_cka(x, y, median="upper")
 
 
 def test_hsic_unbiased_formula_is_the_ustatistic():
