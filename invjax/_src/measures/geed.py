@@ -14,8 +14,11 @@ transformation set G and a distance m,
   action on feature maps (`Action.inverse` with the input size), and input
   and latent group elements match exactly: the g applied to the image is the g
   applied to the feature map (TAGTorch samples a fresh g for the latent, which
-  is only right for fully enumerated finite groups). The engine hands this
-  measure ρ_i(g)⁻¹·f_i(g·x), so what is computed is
+  is only right for fully enumerated finite groups, and takes f̃_i(x) from the
+  orbit's first element, which is x only when the orbit starts at the
+  identity). TAGTorch compares m( f_i(g·x), ρ_i(g)·f_i(x) ) in the latent's
+  own frame. The engine hands this measure ρ_i(g)⁻¹·f_i(g·x), so what is
+  computed is
 
       m( ρ_i(g)⁻¹·f_i(g·x), f̃_i(x) ),  f̃_i(x) = f_i(x) (the default here)
 
@@ -29,13 +32,19 @@ transformation set G and a distance m,
   without spatial axes are skipped by the engine (with a note) because ρ_i is
   only defined on (h, w, c) feature maps.
 
-Distances, all over the **whole activation of one sample** (never one axis,
-the pitfall of ``F.cosine_similarity(dim=-1)`` on 4-D tensors):
+Distances, all over the **whole activation of one sample**. TAGTorch's
+``latent_g_eed`` instead applies ``F.cosine_similarity(..., dim=-1)`` (and
+``torch.norm(dim=-1)`` for the euclidean distance) to its (|G|, N, C, H, W)
+stack, i.e. one distance per **width row** of each channel, averaged over
+rows, channels, samples and g; for a conv map that is a different number
+(0.356 per row vs 0.0997 for the whole map on conv1 of a small CNN, as
+measured for issue 12). For (N, D) latents and logits the two agree.
 
 * ``"cosine"``: 1 − cos(a, b) of the flattened activations, computed as
   ½‖a/‖a‖ − b/‖b‖‖², which is the same number without float32 cancellation
   near 0. A zero vector against a zero vector is at distance 0, a zero vector
-  against a nonzero one at distance 1.
+  against a nonzero one at distance 1 (torch's ``cosine_similarity`` puts
+  both at distance 1, which matters for TAGTorch's all-zero ReLU rows).
 * ``"euclidean"``: ‖a − b‖₂ of the flattened activations.
 * ``"kl"``: KL( softmax f(g·x) ‖ reference distribution ), the softmax taken
   over the **last axis** (apply it to a logits layer; for other shapes the
