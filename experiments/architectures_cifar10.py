@@ -160,8 +160,10 @@ def run(config: _runner.Config, outdir) -> dict:
                 + [result.mean()])
   _runner.save_figure(outdir, "layer_curves_relative",
                       plot.layer_curves(results, depth="relative"))
+  lo, hi = plot.shared_scale(results)  # one colour scale for all models
   for name, result in results.items():
-    _runner.save_figure(outdir, f"heatmap_{name}", plot.heatmap(result))
+    _runner.save_figure(outdir, f"heatmap_{name}", plot.heatmap(
+        result, label=name, vmin=lo, vmax=hi))
   final = {n: at_depth(r, 100) for n, r in results.items()}
   peak = {n: max(v for v in r.per_layer.values() if np.isfinite(v))
           for n, r in results.items()}

@@ -110,8 +110,11 @@ def run(config: _runner.Config, outdir) -> dict:
     _, accuracy[label], results[label] = train_and_measure(
         model, config, data, outdir=outdir, label=label, seed=config.seed,
         augment=aug, measured=measured)
-    _runner.save_figure(outdir, f"heatmap_{label}",
-                        plot.heatmap(results[label]))
+  # One colour scale for both heat maps, so that their colours compare.
+  lo, hi = plot.shared_scale(results)
+  for label, result in results.items():
+    _runner.save_figure(outdir, f"heatmap_{label}", plot.heatmap(
+        result, label=label, vmin=lo, vmax=hi))
   _runner.save_figure(outdir, "layer_curves", plot.layer_curves(results))
 
   plain, aug = results["plain"], results["augmented"]

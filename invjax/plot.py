@@ -1,6 +1,8 @@
 """Figures of `MeasureResult`s (matplotlib) and per-layer significance tests.
 
     fig = invjax.plot.heatmap(result)                  # every unit, every layer
+    lo, hi = invjax.plot.shared_scale([r0, r1])        # one colour scale
+    fig = invjax.plot.heatmap(r1, label="augmented", vmin=lo, vmax=hi)
     fig = invjax.plot.layer_curves({"plain": r0, "augmented": r1})
     fig = invjax.plot.seed_spread({"plain": [...], "augmented": [...]},
                                   mark_significant=True)
@@ -16,6 +18,7 @@ from invjax._src.plot import layer_curves
 from invjax._src.plot import nonfinite_counts
 from invjax._src.plot import relative_depth
 from invjax._src.plot import seed_spread
+from invjax._src.plot import shared_scale
 
 __all__ = (
     "compare_layers",
@@ -25,4 +28,5 @@ __all__ = (
     "nonfinite_counts",
     "relative_depth",
     "seed_spread",
+    "shared_scale",
 )

@@ -1,5 +1,6 @@
 """Tests of invjax.plot: figures, compare_layers and the `invjax plot` CLI."""
 
+import doctest
 import math
 import os
 
@@ -92,6 +93,57 @@ def test_heatmap_renders_layers_in_order_and_counts_nonfinite(tmp_path):
   _check_png(tmp_path / "h.png")
   # No legend when everything is finite.
   assert not plot.heatmap(_cnn_like()).legends
+
+
+def test_heatmaps_to_compare_share_a_scale_and_say_which_is_which(tmp_path):
+  plain = _result({"conv": np.full((2, 2, 3), 2.0), "fc": [0.5, 4.0, np.inf]})
+  aug = _result({"conv": np.linspace(0.1, 0.2, 12).reshape(2, 2, 3),
+                 "fc": [np.nan, 0.3, 1.0]})
+  # Every finite per-feature-map value of both results, by hand: aug's
+  # feature map c is the mean of linspace entries c, c + 3, c + 6, c + 9.
+  aug_maps = [0.1 + 0.1 * (c + 4.5) / 11 for c in range(3)]
+  finite = np.array([2.0, 0.5, 4.0, 0.3, 1.0] + aug_maps)
+  expect = (finite.min(), finite.max())
+  assert plot.shared_scale({"plain": plain, "augmented": aug}) == pytest.approx(
+      expect)
+  assert plot.shared_scale([aug, plain]) == pytest.approx(expect)
+  assert plot.shared_scale(aug) == pytest.approx((aug_maps[0], 1.0))
+  lo, hi = plot.shared_scale([plain, aug])
+  for label, r in (("plain", plain), ("augmented", aug)):
+    fig = plot.heatmap(r, label=label, vmin=lo, vmax=hi)
+    ax = fig.axes[0]
+    assert ax.get_title() == f"{label} — normalized_variance"
+    assert ax.images[0].get_clim() == pytest.approx(expect)
+    fig.savefig(tmp_path / f"{label}.png")
+    _check_png(tmp_path / f"{label}.png")
+  assert plot.heatmap(plain, label="x", title="mine").axes[0].get_title() == (
+      "mine")
+  with pytest.raises(ValueError, match="at least one"):
+    plot.shared_scale([])
+  with pytest.raises(ValueError, match="MeasureResult"):
+    plot.shared_scale([plain, {"fc": [1.0]}])
+  nothing = _result({"fc": [np.nan, np.inf]})
+  assert plot.shared_scale(nothing) == (0.0, 1.0)
+
+
+def test_shared_scale_example_runs():
+  from invjax._src import plot as plot_src  # the example's namespace
+  runner = doctest.DocTestRunner()
+  for test in doctest.DocTestFinder(recurse=False).find(
+      plot_src.shared_scale, globs=dict(vars(plot_src))):
+    runner.run(test)
+  outcome = runner.summarize(verbose=False)
+  assert outcome.attempted >= 5 and outcome.failed == 0
+
+
+def test_heatmap_default_scale_spans_every_unit():
+  # 9 units drawn in 4 rows: the subsampled rows miss the extremes 0 and 8,
+  # the colour scale does not.
+  r = _result({"fc": np.arange(9.0)})
+  fig = plot.heatmap(r, max_units=4)
+  assert 0.0 not in plot.heatmap_matrix(r, max_units=4)
+  assert fig.axes[0].images[0].get_clim() == (0.0, 8.0)
+  assert fig.axes[0].get_title() == "normalized_variance"
 
 
 def test_layer_curves_index_and_relative(tmp_path):

@@ -1,6 +1,7 @@
 """Matplotlib figures of `MeasureResult`s.
 
-* `heatmap`: every unit of every layer of one result (one column per layer).
+* `heatmap`: every unit of every layer of one result (one column per layer);
+  `shared_scale` gives heat maps meant to be compared one colour scale.
 * `layer_curves`: per-layer means of several results, on a layer-name axis or
   a relative-depth axis (models of different depth side by side).
 * `seed_spread`: per-layer mean ± standard deviation over random seeds, with
@@ -106,10 +107,61 @@ def nonfinite_counts(result: MeasureResult) -> dict[str, tuple[int, int]]:
   return out
 
 
+def shared_scale(results: Any) -> tuple[float, float]:
+  """One colour scale for several heat maps: ``(vmin, vmax)``.
+
+  Heat maps each scaled to their own range cannot be compared by colour (a
+  plain and an augmented model would both span the whole colormap). This is
+  the smallest and largest finite value that `heatmap` can draw, the
+  per-feature-map values of every layer, over all ``results``; pass it to each
+  `heatmap` as ``vmin, vmax``.
+
+  Args:
+    results: a `MeasureResult`, or a sequence or mapping (its values) of them.
+
+  Returns:
+    ``(vmin, vmax)`` as floats; ``(0.0, 1.0)`` when no value is finite.
+
+  Examples:
+    >>> import numpy as np
+    >>> from invjax._src.result import MeasureResult
+    >>> def nv(values):
+    ...   return MeasureResult.from_outputs(
+    ...       "normalized_variance", {}, {"fc": {"values": np.array(values)}})
+    >>> results = {"plain": nv([0.5, 2.0]), "augmented": nv([0.1, np.inf])}
+    >>> lo, hi = shared_scale(results)
+    >>> lo, hi
+    (0.1, 2.0)
+    >>> figures = {k: heatmap(r, label=k, vmin=lo, vmax=hi)
+    ...            for k, r in results.items()}
+    >>> figures["augmented"].axes[0].get_title()
+    'augmented — normalized_variance'
+  """
+  if isinstance(results, MeasureResult):
+    results = [results]
+  elif isinstance(results, Mapping):
+    results = list(results.values())
+  else:
+    results = list(results)
+  if not results:
+    raise ValueError("shared_scale needs at least one result")
+  lo, hi = np.inf, -np.inf
+  for i, result in enumerate(results):
+    _check_result(result, f"results[{i}]")
+    for layer in result.layers:
+      v = np.asarray(result.per_feature_map[layer], np.float64)
+      v = v[np.isfinite(v)]
+      if v.size:
+        lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+  if lo > hi:
+    return 0.0, 1.0
+  return lo, hi
+
+
 def heatmap(result: MeasureResult, *, sort: bool = True,
-            max_units: int = 256, title: str | None = None,
-            cmap: str = "viridis", vmin: float | None = None,
-            vmax: float | None = None):
+            max_units: int = 256, label: str | None = None,
+            title: str | None = None, cmap: str = "viridis",
+            vmin: float | None = None, vmax: float | None = None):
   """Heat map of every unit of every layer of one result.
 
   One column per layer, in execution order (``result.layers``), one row per
@@ -127,9 +179,14 @@ def heatmap(result: MeasureResult, *, sort: bool = True,
     sort: sort each column descending (the default), which shows the
       distribution of values per layer; ``False`` keeps the unit order.
     max_units: the most rows drawn per column.
-    title: the figure title; default the measure name.
+    label: what the result is of (``"augmented"``, a model name): the title
+      is then ``"label — measure"``, so figures saved side by side say which
+      is which.
+    title: the whole title, instead of ``label`` and the measure name.
     cmap: a matplotlib colormap name.
-    vmin, vmax: colour limits; default the finite minimum and maximum.
+    vmin, vmax: colour limits; default the finite minimum and maximum of this
+      result's units (`shared_scale` of it alone). Give figures meant to be
+      compared the same limits, from `shared_scale` of all their results.
 
   Returns:
     A `matplotlib.figure.Figure`.
@@ -139,11 +196,11 @@ def heatmap(result: MeasureResult, *, sort: bool = True,
 
   image = heatmap_matrix(result, sort=sort, max_units=max_units)
   height, num_layers = image.shape
-  finite = np.isfinite(image)
-  if vmin is None:
-    vmin = float(image[finite].min()) if finite.any() else 0.0
-  if vmax is None:
-    vmax = float(image[finite].max()) if finite.any() else 1.0
+  # Over every unit, not the drawn rows: with more units than max_units the
+  # subsampled rows can miss the extremes, and shared_scale must agree.
+  own_min, own_max = shared_scale(result)
+  vmin = own_min if vmin is None else float(vmin)
+  vmax = own_max if vmax is None else float(vmax)
   colours = matplotlib.colormaps[cmap].with_extremes(bad=_BAD_COLOUR)
 
   fig = _figure(max(4.5, 0.45 * num_layers + 2.5), 4.8)
@@ -168,7 +225,9 @@ def heatmap(result: MeasureResult, *, sort: bool = True,
                               label=f"non-finite: {bad} of {total} units "
                                     f"in {layers_hit} layer(s)")],
                loc="outside lower center", fontsize="small", frameon=False)
-  ax.set_title(title if title is not None else result.measure)
+  if title is None:
+    title = result.measure if label is None else f"{label} — {result.measure}"
+  ax.set_title(title)
   return fig
 
 
