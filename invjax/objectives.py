@@ -5,6 +5,9 @@
   invariance-error regularizer: train with ``CE + λ·invariance_error``.
 * `nv_penalty`: the normalized variance of one hidden layer on a batch.
 * `orbit_logits`: the (B, |G|, K) logits of every orbit element.
+
+Both objectives take the tree you differentiate: for Linen models the raw
+``variables['params']`` (`nv_penalty` also accepts the whole variables dict).
 """
 
 from invjax._src.objectives import invariance_error

@@ -152,6 +152,53 @@ def test_nv_penalty(images):
     objectives.nv_penalty(acts, _params(), images, ts, "nope")
 
 
+class _BNNet(nn.Module):
+  """Conv, batch norm (running statistics) and a head: two collections."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.BatchNorm(use_running_average=True)(nn.Conv(4, (3, 3))(x))
+    return nn.Dense(K)(jnp.tanh(x).mean(axis=(1, 2)))
+
+
+def test_nv_penalty_takes_linen_params_or_variables(images):
+  ts = tr.rot90()
+  module = _BNNet()
+  variables = module.init(jax.random.PRNGKey(0), images[:1])
+  # Running statistics that are not the identity, so dropping them shows.
+  variables = {"params": variables["params"], "batch_stats": {"BatchNorm_0": {
+      "mean": jnp.linspace(-0.5, 0.5, 4), "var": jnp.linspace(0.5, 2.0, 4)}}}
+  acts = capture.linen(module, variables)
+  raw = variables["params"]
+  by_variables = objectives.nv_penalty(acts, variables, images, ts,
+                                       "BatchNorm_0")
+  by_params = objectives.nv_penalty(acts, raw, images, ts, "BatchNorm_0")
+  np.testing.assert_allclose(by_params, by_variables, rtol=1e-6)
+  # Float64 reference from the layer's own output, running statistics kept.
+  x = np.stack([np.asarray(ts.apply(jnp.asarray(img))) for img in images])
+  a = np.asarray(acts(jnp.asarray(x.reshape((-1,) + x.shape[2:])))[
+      "BatchNorm_0"], np.float64).reshape(x.shape[:2] + (H, W, 4))
+  tv = a.var(axis=1, ddof=1).mean(axis=0)
+  sv = a.var(axis=0, ddof=1).mean(axis=0)
+  np.testing.assert_allclose(by_params, tv.mean() / sv.mean(), rtol=1e-4)
+
+  # One loss, one tree: both objectives take the raw params.
+  def loss(p):
+    logits = lambda q, imgs: module.apply({**variables, "params": q}, imgs)
+    return (objectives.invariance_error(logits, p, images, ts)
+            + objectives.nv_penalty(acts, p, images, ts, "BatchNorm_0"))
+
+  g = jax.jit(jax.grad(loss))(raw)
+  assert jax.tree.structure(g) == jax.tree.structure(raw)
+  k = g["Conv_0"]["kernel"]
+  assert np.all(np.isfinite(k)) and float(jnp.abs(k).max()) > 0
+
+  with pytest.raises(ValueError, match=r"'params' entry alone.*"
+                     r"top-level keys \['Conv_0'\]"):
+    objectives.nv_penalty(acts, {"Conv_0": raw["Conv_0"]}, images, ts,
+                          "BatchNorm_0")
+
+
 # ---------------------------------------------------------------------------
 # Training with the regularizer makes a network more invariant.
 # ---------------------------------------------------------------------------

@@ -14,6 +14,12 @@
 * `nv_penalty`: the normalized variance (Quiroga et al.) of one hidden layer
   on the current batch, through `engine.measure_block`.
 
+Both take the parameters to differentiate with respect to. For a Linen model
+that is usually the raw ``variables['params']`` tree (as `invjax.train` does):
+`invariance_error` hands it to your ``logits_fn``, and `nv_penalty` puts it
+back into the variables `capture.linen` was given; `nv_penalty` also takes
+the whole variables dict.
+
 Reference:
   Moskalev, Sepliarskaia, Bekkers, Smeulders. "On genuine invariance learning
   without weight-tying", TAG-ML workshop at ICML 2023 ("invariance error
@@ -23,11 +29,12 @@ Reference:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
+from invjax._src import capture
 from invjax._src import engine
 from invjax._src import stats
 from invjax._src.measures import geed as geed_lib
@@ -85,7 +92,10 @@ def invariance_error(logits_fn: Callable[[Any, Array], Array], params: Any,
 
   Args:
     logits_fn: ``logits_fn(params, images (N, H, W, C)) -> (N, K)``.
-    params: its parameters.
+    params: its parameters, handed to ``logits_fn`` unchanged. For a Linen
+      model, pass the raw ``variables['params']`` with ``logits_fn = lambda
+      p, x: model.apply({**variables, 'params': p}, x)``: the same tree
+      `nv_penalty` takes, so one loss can add both terms.
     images: (B, H, W, C) training images (untransformed).
     transformations: a TransformationSet G (e.g. `rot90()`).
     kind: ``"logit_spread"``: (1/|G|) Σ_g ‖f(g·x) − f̄(x)‖² (squared norm over
@@ -137,7 +147,13 @@ def nv_penalty(activations: Any, params: Any, images: Array,
   Args:
     activations: an `invjax.capture` Activations (or a callable) returning
       ``layer``; its weights are replaced by ``params``.
-    params: parameters to differentiate with respect to.
+    params: parameters to differentiate with respect to. For
+      `capture.linen` activations either the variables dict
+      ``{'params': ..., 'batch_stats': ...}`` or the raw ``'params'`` tree
+      alone (as `invariance_error` takes it), which replaces
+      ``variables['params']`` and keeps the other collections; which one is
+      decided by the tree's structure, never by guessing. Otherwise the tree
+      ``activations.apply`` takes (an `nnx.State` for `capture.nnx`).
     images: (B, H, W, C) images.
     transformations: a TransformationSet.
     layer: the layer name.
@@ -145,7 +161,13 @@ def nv_penalty(activations: Any, params: Any, images: Array,
 
   Returns:
     The scalar NV of ``layer`` (0: invariant).
+
+  Raises:
+    ValueError: ``layer`` is not among the activations, or ``params`` for
+      Linen activations is neither their variables nor their ``'params'``.
   """
+  activations = capture.as_activations(activations)
+  params = _linen_variables(activations.params, params)
   out = engine.measure_block(
       activations, images, transformations,
       variance.normalized_variance(statistic=statistic, ddof=ddof),
@@ -154,3 +176,37 @@ def nv_penalty(activations: Any, params: Any, images: Array,
     raise ValueError(f"layer {layer!r} not among the activations")
   return stats.safe_divide(jnp.mean(out[layer]["numerator"]),
                            jnp.mean(out[layer]["denominator"]))
+
+
+def _linen_variables(own: Any, given: Any) -> Any:
+  """``given`` as the tree ``apply`` takes, when ``own`` is Linen variables.
+
+  Linen activations apply ``{'params': ..., <other collections>}``, but a
+  training loss differentiates the ``'params'`` entry alone. The two are told
+  apart by structure: ``given`` is the variables when its ``'params'`` entry
+  has the layout of ``own['params']``, and the raw parameters when it has
+  that layout itself. One tree cannot have both (it would contain itself), so
+  this never guesses; anything else is an error that says what is expected.
+  """
+  if given is None or not (isinstance(own, Mapping) and "params" in own):
+    # None: the activations' own weights; else apply takes the tree as it is.
+    return given
+  layout = _layout(own["params"])
+  if isinstance(given, Mapping) and "params" in given and (
+      _layout(given["params"]) == layout):
+    return given
+  if _layout(given) == layout:
+    return {**own, "params": given}
+  keys = sorted(map(str, given)) if isinstance(given, Mapping) else None
+  raise ValueError(
+      "nv_penalty: params must be the Linen variables {'params': ...} given "
+      "to capture.linen, or their 'params' entry alone (the tree "
+      "invariance_error takes); got a tree laid out like neither"
+      + (f" (top-level keys {keys})" if keys is not None else
+         f" ({type(given).__name__})"))
+
+
+def _layout(tree: Any) -> tuple[str, ...]:
+  # Key paths, not treedefs: a FrozenDict and a dict of the same keys match.
+  return tuple(jax.tree_util.keystr(path) for path, _ in
+               jax.tree_util.tree_flatten_with_path(tree)[0])
