@@ -235,6 +235,194 @@ def test_load_checkpoint_errors(tmp_path):
     T.load_checkpoint(tmp_path)
 
 
+def _strip_time(lines):
+  return [{k: v for k, v in l.items() if k != "time"} for l in lines]
+
+
+def test_resume_at_non_log_step_logs_as_uninterrupted(digits, tmp_path):
+  # The checkpoint step (12) is not a log step (log_every 5): the metrics of
+  # steps 11-12 travel with the checkpoint, so line 15 still averages 11-15,
+  # and the lines the stopped run wrote at 12 (its last step) go.
+  x, y, xt, yt = digits
+  cfg = T.TrainConfig(**{**BASE, "eval_every": 8})
+  ev = (xt[:20], yt[:20])
+  T.fit(_model(), cfg, x, y, eval_data=ev, workdir=tmp_path / "full")
+  full = _strip_time(_read_metrics(tmp_path / "full"))
+  assert [l["step"] for l in full] == [5, 8, 10, 15, 16, 20]
+  T.fit(_model(), cfg, x, y, eval_data=ev, workdir=tmp_path / "until",
+        until=12)
+  assert _read_metrics(tmp_path / "until")[-1]["step"] == 12
+  # A shorter run extended: its last line (step 12) summarizes 11-12.
+  T.fit(_model(), T.TrainConfig(**{**BASE, "eval_every": 8, "steps": 12}),
+        x, y, eval_data=ev, workdir=tmp_path / "short")
+  for name in ("until", "short"):
+    T.fit(_model(), cfg, x, y, eval_data=ev, workdir=tmp_path / name)
+    assert _strip_time(_read_metrics(tmp_path / name)) == full, name
+
+
+def test_resume_survives_torn_config_and_metrics(digits, tmp_path):
+  # What a kill in the middle of the old in-place writes left behind: a cut
+  # config.json and a partial last metrics line.
+  x, y, _, _ = digits
+  cfg = T.TrainConfig(**BASE)
+  full = T.fit(_model(), cfg, x, y, workdir=tmp_path / "full")
+  part = tmp_path / "part"
+  T.fit(_model(), cfg, x, y, workdir=part, until=10)
+  config_text = (part / "config.json").read_text()
+  (part / "config.json").write_text(config_text[:len(config_text) // 2])
+  with open(part / "metrics.jsonl", "a") as f:
+    f.write('{"step": 15, "lo')
+  with pytest.warns(UserWarning, match="config.json is empty or cut short"):
+    resumed = T.fit(_model(), cfg, x, y, workdir=part)
+  _assert_trees_equal(full.variables, resumed.variables)
+  assert json.loads((part / "config.json").read_text()) == json.loads(
+      config_text)
+  assert _strip_time(_read_metrics(part)) == _strip_time(
+      _read_metrics(tmp_path / "full"))
+  # An empty config.json (killed between open and write) reads as absent.
+  (part / "config.json").write_text("")
+  with pytest.warns(UserWarning, match="empty or cut short"):
+    T.fit(_model(), cfg, x, y, workdir=part)
+
+
+@pytest.mark.parametrize("text, match", [
+    ('{"config": {"steps": 20}, oops, "model": ""}', "not valid JSON"),
+    ("[1, 2]", "does not hold an invjax run record"),
+])
+def test_damaged_config_is_an_error_naming_it(digits, tmp_path, text, match):
+  x, y, _, _ = digits
+  (tmp_path / "config.json").write_text(text)
+  with pytest.raises(ValueError, match=match) as e:
+    T.fit(_model(), T.TrainConfig(**BASE), x, y, workdir=tmp_path)
+  assert str(tmp_path / "config.json") in str(e.value)
+
+
+def test_damaged_metrics_line_is_an_error_naming_it(digits, tmp_path):
+  x, y, _, _ = digits
+  cfg = T.TrainConfig(**BASE)
+  T.fit(_model(), cfg, x, y, workdir=tmp_path, until=10)
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  lines[0] = lines[0][:10]                  # not the last line: no crash
+  (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+  with pytest.raises(ValueError, match="line 1") as e:
+    T.fit(_model(), cfg, x, y, workdir=tmp_path)
+  assert str(tmp_path / "metrics.jsonl") in str(e.value)
+
+
+class _DiesWritingConfig:
+  """A `json` module whose writes of a run record are killed midway."""
+
+  def __getattr__(self, name):
+    return getattr(json, name)
+
+  def dump(self, obj, f, **kw):
+    if isinstance(obj, dict) and "config" in obj:
+      f.write(json.dumps(obj, **kw)[:40])
+      raise KeyboardInterrupt
+    return json.dump(obj, f, **kw)
+
+
+def test_config_json_is_replaced_atomically(digits, tmp_path, monkeypatch):
+  x, y, _, _ = digits
+  cfg = T.TrainConfig(**BASE)
+  T.fit(_model(), cfg, x, y, workdir=tmp_path, until=10)
+  before = (tmp_path / "config.json").read_text()
+
+  def killed(*args):
+    raise KeyboardInterrupt
+
+  with monkeypatch.context() as m:
+    # Killed after the new text is written, before it is in place (and
+    # inside the write, for code that writes in place).
+    m.setattr(train_lib, "json", _DiesWritingConfig())
+    m.setattr(os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+      T.fit(_model(), cfg, x, y, workdir=tmp_path)
+  assert (tmp_path / "config.json").read_text() == before
+  assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json",
+                                          "metrics.jsonl"]
+
+
+def _damage(step_dir, how):
+  """Truncates the largest data file of an Orbax step, or deletes one."""
+  if how == "delete":
+    os.remove(os.path.join(step_dir, "default", "_METADATA"))
+    return
+  data = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs]
+  with open(max(data, key=os.path.getsize), "r+b") as f:
+    f.truncate(100)
+
+
+# A TensorStore read finishing after Orbax closed its event loop reports
+# "Event loop is closed" to sys.unraisablehook (a few lines, no dump).
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored:pytest.PytestUnraisableExceptionWarning")
+def test_damaged_checkpoints_fall_back_to_a_good_one(digits, tmp_path):
+  x, y, _, _ = digits
+  cfg = T.TrainConfig(**BASE)
+  full = T.fit(_model(), cfg, x, y, workdir=tmp_path / "full")
+  part = tmp_path / "part"
+  T.fit(_model(), T.TrainConfig(**{**BASE, "checkpoint_every": 5}), x, y,
+        workdir=part, until=15)
+  assert sorted(os.listdir(part / "checkpoints"), key=int) == ["5", "10",
+                                                               "15"]
+  good = T.load_checkpoint(part, step=5)
+  _damage(part / "checkpoints" / "15", "truncate")
+  _damage(part / "checkpoints" / "10", "delete")
+  with pytest.warns(UserWarning) as record:
+    loaded = T.load_checkpoint(part)
+  assert [str(part / "checkpoints" / s) in str(w.message)
+          for w, s in zip(record, ("15", "10"))] == [True, True]
+  _assert_trees_equal(loaded.variables, good.variables)
+  with pytest.raises(ValueError, match="cannot be restored") as e:
+    T.load_checkpoint(part, step=15)
+  assert str(part / "checkpoints" / "15") in str(e.value)
+  assert len(str(e.value)) < 1000           # no TensorStore spec dump
+  with pytest.warns(UserWarning, match="resuming from step 5"):
+    resumed = T.fit(_model(), cfg, x, y, workdir=part)
+  _assert_trees_equal(resumed.variables, full.variables)
+  _assert_trees_equal(resumed.opt_state, full.opt_state)
+  assert _strip_time(_read_metrics(part)) == _strip_time(
+      _read_metrics(tmp_path / "full"))
+  assert sorted(os.listdir(part / "damaged_checkpoints")) == ["10", "15"]
+  assert sorted(os.listdir(part / "checkpoints"), key=int) == ["5", "10",
+                                                               "20"]
+
+
+# A TensorStore read finishing after Orbax closed its event loop reports
+# "Event loop is closed" to sys.unraisablehook (a few lines, no dump).
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored:pytest.PytestUnraisableExceptionWarning")
+def test_only_checkpoint_damaged_is_a_clear_error(digits, tmp_path):
+  x, y, _, _ = digits
+  cfg = T.TrainConfig(**BASE)
+  T.fit(_model(), cfg, x, y, workdir=tmp_path, until=10)
+  _damage(tmp_path / "checkpoints" / "10", "truncate")
+  step_dir = str(tmp_path / "checkpoints" / "10")
+  for load in (lambda: T.load_checkpoint(tmp_path),
+               lambda: T.fit(_model(), cfg, x, y, workdir=tmp_path)):
+    with pytest.raises(ValueError, match="cannot be restored") as e:
+      load()
+    assert step_dir in str(e.value) and len(str(e.value)) < 1000
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+  assert os.listdir(tmp_path / "checkpoints") == ["10"]   # nothing moved
+
+
+def test_progress_bar_shows_loss_and_eta(digits, capsys):
+  x, y, _, _ = digits
+  records = []
+  T.fit(_model(), T.TrainConfig(**{**BASE, "steps": 12}), x, y,
+        progress=True, callback=records.append)
+  frames = [f for f in capsys.readouterr().err.split("\r") if "train" in f]
+  # The loss appears with the step it was logged at, not one step early.
+  for f in frames:
+    if "loss=" in f:
+      assert int(f.split("|")[2].split("/")[0]) >= 5, f
+  assert "12/12" in frames[-1]
+  assert f"loss={records[-1]['loss']:.4f}" in frames[-1]
+  assert "00:00<00:00" in frames[-1] or "<00:00" in frames[-1]  # ETA
+
+
 def test_batch_norm_model_updates_batch_stats(digits):
   x, y, xt, _ = digits
   model = _model(batch_norm=True)
