@@ -20,8 +20,12 @@ import dataclasses
 import json
 import os
 from typing import Any, Mapping
+import zipfile
+import zlib
 
 import numpy as np
+
+from invjax._src import files
 
 _FORMAT = "invjax.MeasureResult/1"
 
@@ -125,12 +129,19 @@ class MeasureResult:
     return meta
 
   def save(self, path: str | os.PathLike) -> None:
-    """Writes the result to ``path`` (.npz; metadata as a JSON entry)."""
+    """Writes the result to ``path`` (.npz; metadata as a JSON entry).
+
+    The file is written whole under a temporary name in the same directory
+    and then renamed over ``path``, so an interrupted save leaves the
+    previous file (or none), never a truncated one. ``path`` is used as
+    given: no ".npz" is appended.
+    """
     arrays: dict[str, np.ndarray] = {}
     meta = self._flatten("", arrays)
     meta["format"] = _FORMAT
     arrays["__metadata__"] = np.array(json.dumps(meta))
-    with open(path, "wb") as f:
+    # A file object, so np.savez appends no suffix to the temporary name.
+    with files.atomic_open(path, "wb") as f:
       np.savez(f, **arrays)
 
 
@@ -143,6 +154,8 @@ def _jsonable(x: Any) -> Any:
     return int(x)
   if isinstance(x, (np.floating,)):
     return float(x)
+  if isinstance(x, np.bool_):   # json.dumps refuses NumPy bools.
+    return bool(x)
   if isinstance(x, np.ndarray):
     return x.tolist()
   return x
@@ -169,16 +182,70 @@ def _unflatten(meta: dict, arrays: Mapping[str, np.ndarray],
   return res
 
 
+_ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")   # A .npz is a zip archive.
+
+
 def load_result(path: str | os.PathLike) -> MeasureResult:
-  """Reads a `MeasureResult` written by `MeasureResult.save`."""
-  with np.load(path, allow_pickle=False) as data:
-    arrays = {k: data[k] for k in data.files}
+  """Reads a `MeasureResult` written by `MeasureResult.save`.
+
+  Pickled Python objects are never loaded.
+
+  Raises:
+    FileNotFoundError: there is no file at ``path``.
+    ValueError: the file is empty, truncated or otherwise damaged, or not
+      an invjax result (a text file, a .npy, a pickle, a .npz without
+      invjax's metadata or holding pickled objects); the message names the
+      file and what is wrong with it.
+  """
+  name = os.fspath(path)
+  with open(path, "rb") as f:
+    head = f.read(8)
+  if not head:
+    raise ValueError(f"{name} is empty, not an invjax result file (was its "
+                     "save interrupted?)")
+  if not head.startswith(_ZIP_STARTS):
+    kind = ("a NumPy .npy array" if head.startswith(b"\x93NUMPY") else
+            "a Python pickle" if head[:1] == b"\x80" else
+            "not a .npz (zip) archive")
+    raise ValueError(f"{name} is not an invjax result file: it is {kind}")
+  pickled = None
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      arrays = {}
+      for k in data.files:
+        try:
+          arrays[k] = data[k]
+        except ValueError as e:
+          if "allow_pickle" not in str(e):
+            raise
+          pickled = k
+          break
+  # What a cut or corrupted zip raises depends on where the damage is.
+  except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
+          KeyError) as e:
+    raise ValueError(f"{name} is truncated or damaged, not a readable .npz "
+                     f"({type(e).__name__}: {e})") from None
+  if pickled is not None:
+    raise ValueError(f"{name} is not an invjax result file: its entry "
+                     f"{pickled!r} holds pickled Python objects, which are "
+                     "not loaded")
   if "__metadata__" not in arrays:
-    raise ValueError(f"{path} is not an invjax result file (no metadata)")
-  meta = json.loads(str(arrays["__metadata__"]))
-  if meta.get("format") != _FORMAT:
-    raise ValueError(f"{path}: unknown result format {meta.get('format')!r}")
-  return _unflatten(meta, arrays, "")
+    raise ValueError(f"{name} is not an invjax result file (a .npz without "
+                     "invjax's metadata entry: no metadata)")
+  try:
+    meta = json.loads(str(arrays["__metadata__"]))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{name}: its metadata entry is not JSON ({e}); not an "
+                     "invjax result file, or a damaged one") from None
+  fmt = meta.get("format") if isinstance(meta, dict) else None
+  if fmt != _FORMAT:
+    raise ValueError(f"{name}: unknown result format {fmt!r} (expected "
+                     f"{_FORMAT!r})")
+  try:
+    return _unflatten(meta, arrays, "")
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
+    raise ValueError(f"{name} is damaged: its metadata and arrays do not "
+                     f"match ({type(e).__name__}: {e})") from None
 
 
 def average_classes(per_class: dict[int, MeasureResult]) -> MeasureResult:
