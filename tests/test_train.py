@@ -239,6 +239,16 @@ def _strip_time(lines):
   return [{k: v for k, v in l.items() if k != "time"} for l in lines]
 
 
+@pytest.fixture(scope="module")
+def base_run(digits, tmp_path_factory):
+  """The uninterrupted BASE run: its TrainState and log lines (no time)."""
+  x, y, _, _ = digits
+  workdir = tmp_path_factory.mktemp("base_run")
+  with jax.threefry_partitionable(False):     # As `_fast_rng_compile`.
+    state = T.fit(_model(), T.TrainConfig(**BASE), x, y, workdir=workdir)
+  return state, _strip_time(_read_metrics(workdir))
+
+
 def test_resume_at_non_log_step_logs_as_uninterrupted(digits, tmp_path):
   # The checkpoint step (12) is not a log step (log_every 5): the metrics of
   # steps 11-12 travel with the checkpoint, so line 15 still averages 11-15,
@@ -260,12 +270,13 @@ def test_resume_at_non_log_step_logs_as_uninterrupted(digits, tmp_path):
     assert _strip_time(_read_metrics(tmp_path / name)) == full, name
 
 
-def test_resume_survives_torn_config_and_metrics(digits, tmp_path):
+def test_resume_survives_torn_config_and_metrics(digits, base_run,
+                                                 tmp_path):
   # What a kill in the middle of the old in-place writes left behind: a cut
   # config.json and a partial last metrics line.
   x, y, _, _ = digits
   cfg = T.TrainConfig(**BASE)
-  full = T.fit(_model(), cfg, x, y, workdir=tmp_path / "full")
+  full, full_lines = base_run
   part = tmp_path / "part"
   T.fit(_model(), cfg, x, y, workdir=part, until=10)
   config_text = (part / "config.json").read_text()
@@ -277,8 +288,7 @@ def test_resume_survives_torn_config_and_metrics(digits, tmp_path):
   _assert_trees_equal(full.variables, resumed.variables)
   assert json.loads((part / "config.json").read_text()) == json.loads(
       config_text)
-  assert _strip_time(_read_metrics(part)) == _strip_time(
-      _read_metrics(tmp_path / "full"))
+  assert _strip_time(_read_metrics(part)) == full_lines
   # An empty config.json (killed between open and write) reads as absent.
   (part / "config.json").write_text("")
   with pytest.warns(UserWarning, match="empty or cut short"):
@@ -307,6 +317,46 @@ def test_damaged_metrics_line_is_an_error_naming_it(digits, tmp_path):
   with pytest.raises(ValueError, match="line 1") as e:
     T.fit(_model(), cfg, x, y, workdir=tmp_path)
   assert str(tmp_path / "metrics.jsonl") in str(e.value)
+
+
+_KILLED_RUN = """
+import os, signal, sys
+import jax
+jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_threefry_partitionable", False)
+from invjax import data, models, train as T
+x, y = data.load_digits()
+x, y = data.stratified_subset(x, y, 300, seed=0)
+
+def die(record):
+  if record["step"] == 20:      # Before line 20 and checkpoint 20 exist.
+    os.kill(os.getpid(), signal.SIGKILL)
+
+T.fit(models.SimpleConv(channels=4, fc=16), T.TrainConfig(**eval(sys.argv[2])),
+      x[:200], y[:200], workdir=sys.argv[1], callback=die)
+"""
+
+
+def test_sigkilled_run_resumes_as_uninterrupted(digits, base_run, tmp_path):
+  # A real kill: checkpoint at 12 (not a log step), line 15 already past
+  # it, killed at step 20. ~6 s: a fresh process imports and compiles.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  x, y, _, _ = digits
+  settings = {**BASE, "checkpoint_every": 12}
+  proc = subprocess.run(
+      [sys.executable, "-c", _KILLED_RUN, str(tmp_path / "killed"),
+       repr(settings)], capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == -9, proc.stderr[-2000:]
+  assert os.listdir(tmp_path / "killed" / "checkpoints") == ["12"]
+  assert [l["step"] for l in _read_metrics(tmp_path / "killed")] == [5, 10,
+                                                                      15]
+  # checkpoint_every changes neither the updates nor the log.
+  resumed = T.fit(_model(), T.TrainConfig(**settings), x, y,
+                  workdir=tmp_path / "killed")
+  _assert_trees_equal(base_run[0].variables, resumed.variables)
+  assert _strip_time(_read_metrics(tmp_path / "killed")) == base_run[1]
 
 
 class _DiesWritingConfig:
@@ -357,10 +407,11 @@ def _damage(step_dir, how):
 # "Event loop is closed" to sys.unraisablehook (a few lines, no dump).
 @pytest.mark.filterwarnings(
     "ignore:Exception ignored:pytest.PytestUnraisableExceptionWarning")
-def test_damaged_checkpoints_fall_back_to_a_good_one(digits, tmp_path):
+def test_damaged_checkpoints_fall_back_to_a_good_one(digits, base_run,
+                                                     tmp_path):
   x, y, _, _ = digits
   cfg = T.TrainConfig(**BASE)
-  full = T.fit(_model(), cfg, x, y, workdir=tmp_path / "full")
+  full, full_lines = base_run
   part = tmp_path / "part"
   T.fit(_model(), T.TrainConfig(**{**BASE, "checkpoint_every": 5}), x, y,
         workdir=part, until=15)
@@ -382,8 +433,7 @@ def test_damaged_checkpoints_fall_back_to_a_good_one(digits, tmp_path):
     resumed = T.fit(_model(), cfg, x, y, workdir=part)
   _assert_trees_equal(resumed.variables, full.variables)
   _assert_trees_equal(resumed.opt_state, full.opt_state)
-  assert _strip_time(_read_metrics(part)) == _strip_time(
-      _read_metrics(tmp_path / "full"))
+  assert _strip_time(_read_metrics(part)) == full_lines
   assert sorted(os.listdir(part / "damaged_checkpoints")) == ["10", "15"]
   assert sorted(os.listdir(part / "checkpoints"), key=int) == ["5", "10",
                                                                "20"]
@@ -559,8 +609,9 @@ def test_cli_train_writes_and_resumes(tmp_path, capsys):
           "--reg-weight", "0.5", "--reg-samples", "3", "--log-every", "3",
           "--checkpoint-every", "3", "--workdir", str(workdir), "--quiet"]
   assert cli.main(argv) == 0
-  out = capsys.readouterr().out
-  assert "test accuracy" in out and "rot90 accuracy" in out
+  captured = capsys.readouterr()
+  assert "test accuracy" in captured.out and "rot90 accuracy" in captured.out
+  assert "step/s" not in captured.err                    # --quiet: no bar
   lines = _read_metrics(workdir)
   assert [l["step"] for l in lines] == [3, 6]
   for l in lines:
@@ -572,8 +623,10 @@ def test_cli_train_writes_and_resumes(tmp_path, capsys):
   assert ev["step"] == 6 and ev["num_test"] == 40
   assert ev["accuracy"] == lines[-1]["eval_accuracy"]
   assert ev["transformed_accuracy"] == lines[-1]["eval_transformed_accuracy"]
-  # Rerun: resumes from the final checkpoint, trains nothing more.
-  assert cli.main(argv) == 0
+  # Rerun: resumes from the final checkpoint, trains nothing more; without
+  # --quiet the bar (on stderr) says so.
+  assert cli.main([a for a in argv if a != "--quiet"]) == 0
   assert _read_metrics(workdir) == lines
+  assert "train: 100%" in capsys.readouterr().err
   with pytest.raises(SystemExit, match="width"):
     cli.main(argv[:3] + ["--width", "0"])
