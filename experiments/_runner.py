@@ -53,7 +53,9 @@ COMMON = dict(
     data_dir=None,          # None: $INVJAX_DATA, else ../shared/data
     keep_checkpoints=True,  # False: delete checkpoints/ at the end
     compact_results=True,   # per-feature-map arrays only in the .npz files
-    progress=False,         # tqdm bars while training and measuring
+    # tqdm bars on stderr while training and measuring (`progress`:
+    # run_experiment(quiet=True), i.e. --quiet, turns them off too).
+    progress=True,
 )
 
 # Smoke settings shared by the digit experiments. Equal models, batch sizes
@@ -69,6 +71,11 @@ def log(message: str) -> None:
   """Prints a progress line (silenced by ``run_experiment(quiet=True)``)."""
   if _VERBOSE[0]:
     print(message, flush=True)
+
+
+def progress(config: Mapping[str, Any]) -> bool:
+  """Whether to show tqdm bars: ``config.progress``, and not quiet."""
+  return bool(config.get("progress", True)) and _VERBOSE[0]
 
 
 # ----------------------------------------------------------------------------
@@ -304,7 +311,7 @@ def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
   workdir = pathlib.Path(outdir) / "checkpoints" / label
   t0 = time.perf_counter()
   state = T.fit(model, cfg, images, labels, workdir=str(workdir),
-                progress=bool(config.get("progress")))
+                progress=progress(config))
   log(f"  trained {label} ({type(model).__name__}, {steps} steps, seed "
       f"{seed}) in {time.perf_counter() - t0:.1f}s")
   return state.variables
@@ -527,7 +534,8 @@ def run_experiment(name: str, *, smoke: bool = False, out: Any = None,
     dataset: overrides ``config.dataset``.
     overrides: other ``key=value`` settings (``preset="gpu"`` selects the
       paper-scale settings where an experiment has them).
-    quiet: no progress lines.
+    quiet: no progress lines, and no progress bars (whatever
+      ``config.progress`` says).
     command: the command line to record (default: reconstructed).
 
   Returns:

@@ -227,7 +227,8 @@ def run(config: _runner.Config, outdir) -> dict:
           acts, images, c4, [ms.geed(), ms.geed(normalize="pairwise"),
                              ms.predictive_invariance(),
                              ms.logit_invariance()],
-          batch_size=config.measure_batch_size, layers=_runner.not_output)
+          batch_size=config.measure_batch_size, layers=_runner.not_output,
+          progress=_runner.progress(config))
       sis = mean_saliency_invariance(saliency[model], variables, images,
                                      config.saliency_batch_size)
       values[(name, dist)] = dict(

@@ -87,7 +87,7 @@ def train_and_measure(model, config, data, *, outdir, label: str, seed: int,
       invjax.capture.linen(model, variables), test_x, measured,
       invjax.measures.normalized_variance(),
       batch_size=config.measure_batch_size, layers=_runner.not_output,
-      progress=config.progress)
+      progress=_runner.progress(config))
   _runner.save_result(outdir, f"nv_{label}", result, config)
   return variables, accuracy, result
 

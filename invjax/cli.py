@@ -211,7 +211,8 @@ def _add_experiment_parser(sub) -> None:
                  "preset=gpu selects the paper-scale settings")
   e.add_argument("--no-checkpoints", action="store_true",
                  help="delete the training checkpoints at the end")
-  e.add_argument("--quiet", action="store_true", help="no progress lines")
+  e.add_argument("--quiet", action="store_true",
+                 help="no progress lines or bars (bars go to stderr)")
 
 
 def _experiment_command(args: argparse.Namespace) -> int:
@@ -316,7 +317,8 @@ def _add_train_parser(sub) -> None:
   t.add_argument("--checkpoint-every", type=int, default=100)
   t.add_argument("--workdir", default="invjax_run",
                  help="checkpoints and metrics (default ./invjax_run)")
-  t.add_argument("--quiet", action="store_true", help="no progress bar")
+  t.add_argument("--quiet", action="store_true",
+                 help="no progress bar (on stderr: steps, ETA, loss)")
 
 
 def _train_command(args: argparse.Namespace) -> int:
@@ -326,6 +328,7 @@ def _train_command(args: argparse.Namespace) -> int:
   from invjax import models  # pylint: disable=g-import-not-at-top
   from invjax import train  # pylint: disable=g-import-not-at-top
   from invjax import transforms as tr  # pylint: disable=g-import-not-at-top
+  from invjax._src import files  # pylint: disable=g-import-not-at-top
 
   def fail(msg: str):
     raise SystemExit(f"invjax train: {msg}")
@@ -413,8 +416,8 @@ def _train_command(args: argparse.Namespace) -> int:
                           transformations=ts)
   result.update(step=int(state.step), num_test=int(len(y_test)),
                 transform=args.transform)
-  with open(os.path.join(args.workdir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=1)
+  files.atomic_write_text(os.path.join(args.workdir, "eval.json"),
+                          json.dumps(result, indent=1))
   print(f"step {state.step}: test accuracy {result['accuracy']:.4f}, "
         f"{args.transform} accuracy {result['transformed_accuracy']:.4f} "
         f"({len(y_test)} held-out images)")
@@ -444,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
   m.add_argument("--batch-size", type=int, default=100)
   m.add_argument("--seed", type=int, default=0)
   m.add_argument("--output", default="invjax_result.npz")
-  m.add_argument("--quiet", action="store_true", help="no progress bars")
+  m.add_argument("--quiet", action="store_true",
+                 help="no progress bars (on stderr)")
   _add_plot_parser(sub)
   _add_experiment_parser(sub)
   _add_train_parser(sub)

@@ -259,3 +259,45 @@ def test_cli(tmp_path, capsys):
   with pytest.raises(SystemExit, match="dataset must be"):
     cli.main(["experiment", NAMES[3], "--dataset", "imagenet"])
   assert not list(tmp_path.iterdir())
+
+
+def test_progress_bars_unless_quiet(tmp_path, monkeypatch, capsys):
+  # Bars by default (training and measuring), none with quiet / --quiet or
+  # progress=False; stubs stand in for the work.
+  import invjax.train as T  # pylint: disable=g-import-not-at-top
+  seen = []
+
+  def fit(model, cfg, images, labels, **kw):
+    seen.append(("fit", kw["progress"]))
+    return T.TrainState(cfg.steps, {}, None)
+
+  def measure(*args, **kw):
+    seen.append(("measure", kw["progress"]))
+
+  monkeypatch.setattr(T, "fit", fit)
+  monkeypatch.setattr(invjax, "measure", measure)
+  monkeypatch.setattr(invjax.capture, "linen", lambda *a: None)
+  monkeypatch.setattr(_runner, "evaluate", lambda *a: {})
+  monkeypatch.setattr(_runner, "save_result", lambda *a: "nv.npz")
+  exp = _runner.get_experiment(NAMES[0])
+  data = (np.zeros((2, 28, 28, 1), np.float32), np.zeros(2, np.int32)) * 2
+
+  def run(config, quiet):
+    monkeypatch.setattr(_runner, "_VERBOSE", [not quiet])
+    seen.clear()
+    exp.train_and_measure(None, config, data, outdir=tmp_path, label="a",
+                          seed=0, augment=None, measured=None)
+    return [p for _, p in seen]
+
+  assert run(exp.get_config(smoke=True), quiet=False) == [True, True]
+  assert run(exp.get_config(smoke=True), quiet=True) == [False, False]
+  assert run(exp.get_config(smoke=True, progress=False),
+             quiet=False) == [False, False]
+  # The command line: --quiet reaches run_experiment.
+  quiet = []
+  monkeypatch.setattr(_runner, "run_experiment", lambda name, **kw: (
+      quiet.append(kw["quiet"]), (tmp_path, {"markdown": ""}))[1])
+  for flag in (["--quiet"], []):
+    assert cli.main(["experiment", NAMES[0], "--smoke"] + flag) == 0
+  assert quiet == [True, False]
+  capsys.readouterr()
