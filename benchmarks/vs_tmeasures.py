@@ -57,9 +57,6 @@ from invjax._src import train as train_lib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 PEER_SCRIPT = ROOT / "benchmarks" / "_tmeasures_peer.py"
-# invjax.capture.linen also reports the network output as "output", a copy of
-# "logits"; tmeasures sees each layer once.
-LAYER_FILTER = lambda name: name != "output"  # noqa: E731
 RTOL = 1e-4
 FLOOR = 1e-2
 STD = dict(statistic="std", ddof=1)
@@ -165,7 +162,7 @@ def agreement(model, variables, images, args) -> bool:
   peer = _run_peer(variables, images[:n], [
       {"name": "c4", "kind": "c4", "n": n, "measures": ["tv", "sv", "nv"],
        "repeats": 1}], args, no_tf32=True)
-  acts = invjax.capture.linen(model, variables, filter=LAYER_FILTER)
+  acts = invjax.capture.linen(model, variables)
   # Both networks in full float32: GPUs' default TF32 convolutions round
   # inputs to 10 mantissa bits, ~1e-3 relative, which TV (a difference of
   # nearby activations) amplifies past any 1e-4 agreement.
@@ -259,7 +256,7 @@ def _table(rows, acts, images, args) -> str:
 
 def timing(model, variables, images, args, out) -> str:
   """Runs every N×T size; rewrites `out` (if any) after each row."""
-  acts = invjax.capture.linen(model, variables, filter=LAYER_FILTER)
+  acts = invjax.capture.linen(model, variables)
   rows = []
   measured_peer: dict[int, float] = {}   # T -> seconds per (N·T) at largest N
   for n, t in args.sizes:

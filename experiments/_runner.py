@@ -326,7 +326,8 @@ def evaluate(model, variables, images, labels, transformations=None) -> dict:
 
 
 def not_output(name: str) -> bool:
-  """Layer filter: every layer but ``"output"`` (a copy of the logits)."""
+  """Layer filter: every layer but ``"output"`` (the network's return value,
+  listed by `capture.linen` when it is not a layer's own output)."""
   return name != "output"
 
 

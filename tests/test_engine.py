@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -293,3 +294,118 @@ def test_block_moments_sparse_unit(stats_branch):
   constant = stats_branch.block_moments(jnp.full((64, 2), 0.1, jnp.float32),
                                         jnp.ones(64), 0)
   np.testing.assert_array_equal(constant.m2, 0.0)   # exactly: 0/0 → 1 rule
+
+
+def _reciprocal(x):
+  flat = x.reshape(x.shape[0], -1)
+  total = jnp.sum(x, axis=(1, 2, 3), keepdims=True)
+  return {"inv": 1 / flat, "map": (x - 0.1) / total, "vec": flat[:, :3],
+          "finite": jnp.tanh(1 / x)}           # tanh(inf) = 1: kept
+
+
+_FAMILIES = [ms.normalized_variance(), ms.anova_f(), ms.goodfellow(),
+             ms.normalized_distance(window=16), ms.geed(normalize="pairwise")]
+
+
+@pytest.mark.parametrize("batch_size,chunk", [(4, None), (16, None), (5, 3)])
+def test_nonfinite_samples_are_left_out_and_counted(images, batch_size, chunk):
+  x = np.concatenate([images, images[:5] + 0.5])
+  x[[3, 9]] = 0.0                        # 1/x = inf: two poisoned samples
+  keep = np.ones(len(x), bool)
+  keep[[3, 9]] = False
+  with pytest.warns(RuntimeWarning, match="2 sample.*NaN or inf"):
+    got = invjax.measure(_reciprocal, x, tr.rot90(), _FAMILIES,
+                         batch_size=batch_size, transform_chunk=chunk)
+  clean = invjax.measure(_reciprocal, x[keep], tr.rot90(), _FAMILIES,
+                         batch_size=batch_size, transform_chunk=chunk)
+  for g, c in zip(got, clean):
+    assert g.nonfinite_samples["finite"] == 0
+    for layer in ("inv", "map"):
+      np.testing.assert_allclose(g.per_activation[layer],
+                                 c.per_activation[layer], rtol=2e-5,
+                                 err_msg=f"{g.measure} {layer}")
+      assert g.nonfinite_samples[layer] == 2
+      assert c.nonfinite_samples[layer] == 0
+      assert "2 samples with NaN or inf" in g.notes[layer]
+
+
+def test_program_cache_keys_on_input_and_layer_shapes():
+  # The same callable on new image shapes: a new program, the right numbers.
+  fn = lambda x: {"map": x * 2.0, "flat": x.reshape(x.shape[0], -1)}
+  rng = np.random.default_rng(0)
+  nv = ms.normalized_variance()
+  first = rng.uniform(size=(64, 28, 28, 1)).astype(np.float32)
+  invjax.measure(fn, first, tr.rot90(), nv)
+  for shape in [(64, 20, 20, 1), (64, 32, 32, 3), (10, 32, 32, 3)]:
+    x = rng.uniform(size=shape).astype(np.float32)
+    again = invjax.measure(fn, x, tr.rot90(), nv)
+    engine._CACHE.clear()
+    fresh = invjax.measure(fn, x, tr.rot90(), nv)
+    for layer in fresh.layers:
+      assert again.per_activation[layer].shape == shape[1:] if layer == "map" \
+          else (np.prod(shape[1:]),)
+      np.testing.assert_array_equal(again.per_activation[layer],
+                                    fresh.per_activation[layer])
+
+
+def test_complex_activations_are_an_error(images):
+  fn = lambda x: {"real": x, "spectrum": jnp.fft.fft2(x, axes=(1, 2))}
+  with pytest.raises(ValueError, match="'spectrum' has complex activations"):
+    invjax.measure(fn, images, tr.rot90(), ms.normalized_variance())
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e5, 1e6])
+def test_float32_statistics_far_from_zero(offset):
+  # Activations offset by 10⁴–10⁶ σ: merging batches must not round the
+  # means (float64 of the very same float32 activations as the oracle).
+  x = np.random.default_rng(0).normal(size=(300, 4, 4, 1)).astype(np.float32)
+  fn = lambda im: {"a": im.reshape(im.shape[0], -1) + np.float32(offset)}
+  tv, sv = invjax.measure(fn, x, tr.rot90(), [ms.transformation_variance(),
+                                               ms.sample_variance()],
+                          batch_size=32)
+  orbits = np.stack([np.rot90(x, k, axes=(1, 2)) for k in range(4)], 1)
+  a = (orbits.reshape(300, 4, -1) + np.float32(offset)).astype(np.float64)
+  np.testing.assert_allclose(tv.per_activation["a"],
+                             a.var(1, ddof=1).mean(0), rtol=1e-5)
+  np.testing.assert_allclose(sv.per_activation["a"],
+                             a.var(0, ddof=1).mean(0), rtol=1e-5)
+
+
+def test_merge_moments_keeps_precision_far_from_zero(stats_branch):
+  x = np.random.default_rng(2).normal(1e5, 1.0, (40, 3)).astype(np.float32)
+  merged = stats_branch.zeros_moments((3,))
+  for part in np.split(x, 8):
+    merged = stats_branch.merge_moments(
+        merged, stats_branch.block_moments(jnp.asarray(part), jnp.ones(5), 0))
+  ref = x.astype(np.float64)
+  np.testing.assert_allclose(merged.m2, ((ref - ref.mean(0))**2).sum(0),
+                             rtol=1e-5)
+  f64 = lambda v: np.asarray(v, np.float64)
+  # The mean to float32's resolution of the offset, not of 1e5 (~4e-3).
+  np.testing.assert_allclose(f64(merged.shift) - ref.mean(0),
+                             -f64(merged.offset), atol=1e-5)
+
+
+def test_transform_chunk_equals_unchunked_to_round_off():
+  x = np.random.default_rng(0).normal(size=(24, 8, 8, 1)).astype(np.float32)
+  fn = lambda im: {"a": jnp.tanh(im.reshape(im.shape[0], -1) * 2 + 1)}
+  ts = tr.rotation(np.arange(360.0))
+  whole = invjax.measure(fn, x, ts, ms.normalized_variance(), batch_size=12)
+  chunked = invjax.measure(fn, x, ts, ms.normalized_variance(), batch_size=12,
+                           transform_chunk=50)
+  for k in ("numerator", "denominator"):
+    np.testing.assert_allclose(chunked.extras["a"][k], whole.extras["a"][k],
+                               rtol=2e-5, atol=1e-9)
+
+
+def test_channels_first_and_unscaled_images_warn():
+  fn = lambda x: {"mean": jnp.mean(x, axis=(1, 2))}
+  x = np.random.default_rng(0).uniform(size=(4, 3, 16, 16)).astype(np.float32)
+  with pytest.warns(UserWarning, match="channels-first"):
+    invjax.measure(fn, x, tr.rotation([0.0, 30.0]), ms.normalized_variance())
+  pixels = np.round(255 * x.transpose(0, 2, 3, 1))
+  with pytest.warns(UserWarning, match="unscaled pixels"):
+    invjax.measure(fn, pixels, tr.rot90(), ms.normalized_variance())
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    invjax.measure(fn, pixels / 255, tr.rot90(), ms.normalized_variance())

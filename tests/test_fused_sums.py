@@ -69,3 +69,23 @@ def test_no_gradients_is_a_clear_error():
       ddof=1, head=1, interpret=_INTERPRET)[0].sum()
   with pytest.raises(ValueError, match="no gradients"):
     jax.grad(fn)(x)
+
+
+def test_masked_rows_holding_nan_reach_no_sum():
+  # A sample left out for non-finite activations (weight 0, anywhere in the
+  # tile): selected away, not multiplied by 0.
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(7, 3, 5)).astype(np.float32)
+  w_b = np.ones(7, np.float32)
+  w_b[[0, 4]] = 0
+  x[0, 1, 2], x[4] = np.nan, np.inf
+  clean = np.where(w_b[:, None, None] > 0, x, 0)
+  shift = np.asarray(stats.block_shift(jnp.asarray(x), jnp.asarray(w_b), 0))
+  assert np.isfinite(shift).all()
+  got = fused_sums.tile_sums(
+      jnp.asarray(x), jnp.asarray(w_b), jnp.ones(3), jnp.asarray(shift),
+      statistic="variance", ddof=1, head=stats.head_size(3),
+      interpret=_INTERPRET)
+  want = _reference(clean, w_b, np.ones(3), shift, "variance", 1)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-6)

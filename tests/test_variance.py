@@ -166,24 +166,30 @@ def test_per_feature_map_is_ratio_of_means(images):
                                 nv.per_activation["dense"])
 
 
-def test_single_transformation_gives_zero_tv(images):
-  tv, nv = invjax.measure(_model, images, tr.rotation([30.0]),
-                          [ms.transformation_variance(),
-                           ms.normalized_variance()], batch_size=4)
-  for layer in tv.layers:
-    np.testing.assert_array_equal(tv.per_activation[layer], 0.0)
-    assert np.all(nv.per_activation[layer] == 0.0)    # 0 / SV, SV > 0
+def test_too_few_rows_for_ddof_is_an_error(images):
+  # TV over one transformation would be 0 ("invariant"): a refusal that
+  # names the numbers, not a perfect score.
+  for measures, ts, n, match in [
+      ([ms.transformation_variance(), ms.normalized_variance()],
+       tr.rotation([30.0]), 4, "T = 1"),
+      ([ms.normalized_variance(ddof=4)], tr.rot90(), 4, r"ddof=4\), got T = 4"),
+      ([ms.sample_variance()], tr.rot90(), 1, "2 samples.*got 1"),
+      ([ms.normalized_variance(ddof=3)], tr.rotation(range(0, 360, 30)), 3,
+       "4 samples.*got 3")]:
+    with pytest.raises(ValueError, match=match):
+      invjax.measure(_model, images[:n], ts, measures, batch_size=4)
 
 
-def test_single_sample_gives_zero_sv_and_inf_nv(images):
+def test_single_sample_ddof0_gives_zero_sv_inf_nv_and_a_note(images):
   sv, nv = invjax.measure(_model, images[:1], tr.rotation([0.0, 45.0]),
-                          [ms.sample_variance(), ms.normalized_variance()],
-                          batch_size=4)
+                          [ms.sample_variance(ddof=0),
+                           ms.normalized_variance(ddof=0)], batch_size=4)
   np.testing.assert_array_equal(sv.per_activation["dense"], 0.0)
   assert np.all(np.isinf(nv.per_activation["dense"]))
   assert nv.zero_division["dense"] == 4
   assert np.isnan(nv.per_layer["dense"])             # nothing finite to average
   assert nv.nonfinite_skipped["dense"] == 4
+  assert "all 4 per-feature-map values are NaN or inf" in nv.notes["dense"]
 
 
 def test_identity_model_identity_transforms(images):
@@ -314,9 +320,10 @@ def test_zero_tolerance_treats_round_off_as_constant(images):
   assert tol.per_feature_map["m"][1] == plain.per_feature_map["m"][1]
   assert tol.zero_division["m"] == H * W and plain.zero_division["m"] == 0
   assert dict(tol.settings)["zero_tolerance"] == 1e-12
-  # One sample: SV = 0, so x/0 → inf above the tolerance, 0/0 → 1 below it.
+  # One sample (ddof 0): SV = 0, so x/0 → inf above the tolerance, 0/0 → 1
+  # below it.
   one = invjax.measure(model, images[:1], tr.rot90(),
-                       ms.normalized_variance(zero_tolerance=1e-12))
+                       ms.normalized_variance(zero_tolerance=1e-12, ddof=0))
   np.testing.assert_array_equal(one.per_activation["m"][..., 0], 1.0)
   assert np.all(np.isinf(one.per_activation["m"][..., 1]))
 

@@ -99,6 +99,14 @@ class Measure(NamedTuple):
       transformed forward pass for them. The engine schedules a multi-pass
       measure so that its last pass is the last sweep over the data, shared
       with the single-pass measures.
+    check: optional ``(num_samples, num_transformations) -> None`` that
+      raises a ValueError when statistics over that many samples and
+      transformations have no degrees of freedom (so the measure would
+      report a meaningless, often perfect, score). The engine calls it on
+      the dataset, or on each class of a stratified run (a class that fails
+      is left out of the class average, with a note), and `measure_block`
+      on its batch; `__call__`, the bare maths, follows the single-row rule
+      instead (a statistic over ≤ ddof values is 0). See `size_check`.
   """
   name: str
   init: Callable[[LayerSpec], State]
@@ -111,6 +119,7 @@ class Measure(NamedTuple):
   num_passes: int = 1
   end_pass: Callable[[State, int], State] | None = None
   identity_passes: tuple[int, ...] = ()
+  check: Callable[[int, int], None] | None = None
 
   @property
   def key(self) -> tuple[Any, ...]:
@@ -156,3 +165,31 @@ class Measure(NamedTuple):
 def settings_tuple(**settings: Any) -> tuple[tuple[str, Any], ...]:
   """Sorted, hashable settings for `Measure.settings`."""
   return tuple(sorted(settings.items()))
+
+
+def size_check(name: str, *, min_samples: int = 1,
+               min_transformations: int = 1,
+               why: str = "") -> Callable[[int, int], None]:
+  """A `Measure.check` asking for at least this many samples and transformations.
+
+  Args:
+    name: the measure's name, for the message.
+    min_samples: the fewest samples its statistics are defined for.
+    min_transformations: the fewest transformations.
+    why: what the minimum comes from, e.g. ``"ddof=1"``.
+  """
+  because = f" ({why})" if why else ""
+
+  def check(num_samples: int, num_transformations: int) -> None:
+    if num_transformations < min_transformations:
+      raise ValueError(
+          f"{name} needs at least {min_transformations} transformations"
+          f"{because}, got T = {num_transformations}: its statistics over "
+          "each orbit would have no degrees of freedom")
+    if num_samples < min_samples:
+      raise ValueError(
+          f"{name} needs at least {min_samples} samples{because}, got "
+          f"{num_samples}: its statistics over samples would have no "
+          "degrees of freedom")
+
+  return check

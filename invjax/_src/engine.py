@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import types
+import warnings
 from typing import Any, Sequence
 
 import jax
@@ -59,7 +60,33 @@ def _check_images(images: Any) -> Any:
          else int(jnp.size(images) - jnp.sum(jnp.isfinite(images))))
   if bad:
     raise ValueError(f"images contain {bad} non-finite values (NaN or inf)")
+  _warn_layout(images)
   return images
+
+
+def _warn_layout(images: Any) -> None:
+  """Warns about images that look channels-first or unscaled 0..255 pixels.
+
+  Neither is an error: a (N, 3, 32, 32) array is a valid stack of 3×32
+  "images", and the warps are linear with zero padding, so they treat any
+  value range alike. But both are far more often a mistake, which would
+  rotate the wrong axes or feed a network pixels 255× what it was trained on.
+  """
+  n, h, w, c = images.shape
+  if h in (1, 3) and c > 4:
+    warnings.warn(
+        f"images have shape {tuple(images.shape)}, which looks channels-first "
+        "(N, C, H, W); invjax expects (N, H, W, C) and would transform the "
+        "wrong axes: use images.transpose(0, 2, 3, 1)", UserWarning,
+        stacklevel=4)
+  sample = np.asarray(images[:256], np.float32)
+  if (sample.min() >= 0 and 1.5 < sample.max() <= 255 and
+      np.all(sample == np.round(sample))):
+    warnings.warn(
+        "images hold whole numbers up to 255, like unscaled pixels; invjax "
+        "measures what it is given, but networks are usually trained on "
+        "images / 255 (or standardized ones): scale them the way the model "
+        "expects", UserWarning, stacklevel=4)
 
 
 def _check_labels(labels: Any, n: int) -> np.ndarray:
@@ -205,7 +232,36 @@ def _build_program(plan: _Plan):
     return any(local_pass(m, g) is not None and
                local_pass(m, g) not in m.identity_passes for m in measures)
 
-  def update_all(states, g, src_of, identity, mask, labels, t_index, t_mask,
+  def finite_masks(mask, tiles, identity):
+    """Per layer: mask & the samples whose activations there are finite.
+
+    A sample with a NaN or inf activation in a layer (in any transformation
+    of the tile, or untransformed) is left out of that layer's statistics;
+    measures select rows by the mask, so its values reach no sum.
+    """
+    masks = {}
+    for l in layers:
+      ok = mask
+      for src in (tiles, identity):
+        if src is not None:
+          a = src[l]
+          # A sum is non-finite iff a term is (or it overflows float32,
+          # where the statistics would too), and reduces faster than all().
+          ok = ok & jnp.isfinite(jnp.sum(a, axis=tuple(range(1, a.ndim))))
+      masks[l] = ok
+    return masks
+
+  def count_excluded(counts, mask, masks, labels):
+    """Adds the samples left out for non-finite activations, per class."""
+    new = {}
+    for l in layers:
+      excluded = mask & ~masks[l]
+      if k:
+        excluded = excluded[:, None] & (labels[:, None] == jnp.arange(k))
+      new[l] = counts[l] + jnp.sum(excluded, axis=0, dtype=jnp.int32)
+    return new
+
+  def update_all(states, g, src_of, identity, masks, labels, t_index, t_mask,
                  first, last):
     new_states = []
     for m, st in zip(measures, states):
@@ -217,27 +273,35 @@ def _build_program(plan: _Plan):
       st = dict(st)
       for l in st:
         block = base.Block(
-            x=None if src is None else src[l], mask=mask, t_index=t_index,
+            x=None if src is None else src[l], mask=masks[l], t_index=t_index,
             t_mask=t_mask, first=first, last=last, labels=labels,
             identity=None if identity is None else identity[l], pass_index=p)
         st[l] = update(m, st[l], block)
       new_states.append(st)
     return new_states
 
-  def batch_step(params, states, inputs, tparams, tmask, g):
+  def batch_step(params, carry, inputs, tparams, tmask, g):
+    states, counts = carry
     imgs, mask, labels, bidx = inputs
     labels = labels if plan.has_labels else None
     imgs = constrain(imgs)
     identity = forward(params, imgs) if plan.need_identity else None
+    # Exclusions are counted once, in the last sweep, which every measure
+    # shares; a sample left out of any chunk of its orbit counts once.
+    last_sweep = g == max_passes - 1
 
     if not needs_transformed(g):
       # Every active measure reads only the untransformed activations: one
       # forward pass of B images instead of B × T.
-      states = update_all(states, g, lambda m, p: None, identity, mask, labels,
-                          jnp.arange(tc), tmask[0], jnp.array(True),
+      masks = finite_masks(mask, None, identity)
+      states = update_all(states, g, lambda m, p: None, identity, masks,
+                          labels, jnp.arange(tc), tmask[0], jnp.array(True),
                           jnp.array(True))
+      if last_sweep:
+        counts = count_excluded(counts, mask, masks, labels)
     else:
-      def chunk_step(states, chunk):
+      def chunk_step(carry, chunk):
+        states, kept = carry
         tp, tm, ci = chunk
         x = jax.vmap(lambda img: jax.vmap(lambda p: action.forward(p, img))(
             tp))(imgs)                                          # (B,Tc,H,W,C)
@@ -253,18 +317,24 @@ def _build_program(plan: _Plan):
               inverted[l] = pin(jax.vmap(jax.vmap(inv), (None, 0))(tp, out[l]))
         src_of = lambda m, p: (None if p in m.identity_passes else
                                inverted if m.needs_inverse else out)
-        return update_all(states, g, src_of, identity, mask, labels,
-                          ci * tc + jnp.arange(tc), tm, ci == 0,
-                          ci == nc - 1), None
+        masks = finite_masks(mask, out, identity)
+        states = update_all(states, g, src_of, identity, masks, labels,
+                            ci * tc + jnp.arange(tc), tm, ci == 0,
+                            ci == nc - 1)
+        return (states, {l: kept[l] & masks[l] for l in layers}), None
 
       chunks = (tparams, tmask, jnp.arange(nc))
+      carry = (states, {l: mask for l in layers})
       if nc == 1:
-        states, _ = chunk_step(states, jax.tree.map(lambda a: a[0], chunks))
+        carry, _ = chunk_step(carry, jax.tree.map(lambda a: a[0], chunks))
       else:
-        states, _ = jax.lax.scan(chunk_step, states, chunks)
+        carry, _ = jax.lax.scan(chunk_step, carry, chunks)
+      states, kept = carry
+      if last_sweep:
+        counts = count_excluded(counts, mask, kept, labels)
     if plan.progress:
       jax.debug.callback(_progress_tick, bidx + g * plan.num_batches)
-    return states
+    return states, counts
 
   def end_pass(m, state, g):
     p = local_pass(m, g)
@@ -276,18 +346,19 @@ def _build_program(plan: _Plan):
 
   def program(params, images, mask, labels, tparams, tmask):
     states = [init_state(m) for m in measures]
+    counts = {l: jnp.zeros((max(k, 1),), jnp.int32) for l in layers}
     nb = images.shape[0]
     lab = labels if labels is not None else jnp.zeros(mask.shape, jnp.int32)
     for g in range(max_passes):
-      def body(states, inputs, g=g):
-        return batch_step(params, states, inputs, tparams, tmask, g), None
-      states, _ = jax.lax.scan(body, states,
-                               (images, mask, lab, jnp.arange(nb)))
+      def body(carry, inputs, g=g):
+        return batch_step(params, carry, inputs, tparams, tmask, g), None
+      (states, counts), _ = jax.lax.scan(
+          body, (states, counts), (images, mask, lab, jnp.arange(nb)))
       states = [{l: end_pass(m, s, g) for l, s in st.items()}
                 for m, st in zip(measures, states)]
     finalize = lambda m, s: jax.vmap(m.finalize)(s) if k else m.finalize(s)
     return [{l: dict(finalize(m, s)) for l, s in st.items()}
-            for m, st in zip(measures, states)]
+            for m, st in zip(measures, states)], counts
 
   return program
 
@@ -346,6 +417,12 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
     if s.shape[:1] != (b * tc,):
       raise ValueError(
           f"layer {l!r} has shape {s.shape}: its first axis must be the batch")
+    if jnp.issubdtype(s.dtype, jnp.complexfloating):
+      raise ValueError(
+          f"layer {l!r} has complex activations ({s.dtype}); the measures are "
+          "defined for real ones: return their real and imaginary parts as "
+          "two layers, or their magnitude (jnp.abs), from the activations "
+          "function")
     specs[l] = base.LayerSpec(l, tuple(s.shape[1:]), s.dtype, num_t, nc * tc, b)
     spatial[l] = len(s.shape) == 4       # (B, h, w, c): a feature map
   notes = {}
@@ -358,11 +435,27 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
               f"(B, h, w, c); this layer has shape {specs[l].shape}")
 
   classes = None
+  excluded = [{} for _ in measures]     # per measure: {class: why}
   if stratify:
     classes, class_index = np.unique(labels, return_inverse=True)
     labels = class_index.astype(np.int32)
-  elif labels is not None:
-    labels = labels.astype(np.int32)
+    sizes = np.bincount(class_index, minlength=len(classes))
+    for m, out in zip(measures, excluded):
+      for label, size in zip(classes, sizes):
+        try:
+          if m.check is not None:
+            m.check(int(size), num_t)
+        except ValueError as e:
+          out[int(label)] = f"{int(size)} samples: {e}"
+      if len(out) == len(classes):
+        raise ValueError(f"stratify=True: no class can be measured: "
+                         f"{'; '.join(f'class {c}, {w}' for c, w in out.items())}")
+  else:
+    for m in measures:
+      if m.check is not None:
+        m.check(n, num_t)
+    if labels is not None:
+      labels = labels.astype(np.int32)
 
   # Batches: (nb, B, ...) with padding rows masked out, never dropped.
   host = np.asarray(images) if not isinstance(images, jax.Array) else None
@@ -385,9 +478,13 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
                nc, (h, w), 0 if classes is None else len(classes), mesh,
                bool(progress), any(m.needs_identity for m in measures), nb,
                labels is not None)
+  # Everything the traced program closes over: a new image or layer shape
+  # must build a new plan, not retrace the old one.
   key = (acts.key, transformations.action, tuple(m.key for m in measures),
-         tuple(names), b, tc, nc, nb if progress else None, plan.num_classes,
-         mesh, plan.progress, labels is not None)
+         tuple((l, specs[l].shape, str(specs[l].dtype)) for l in names),
+         (h, w, c), str(images.dtype), num_t, b, tc, nc,
+         nb if progress else None, plan.num_classes, mesh, plan.progress,
+         labels is not None)
   fn = _CACHE.get(key)
   if fn is None:
     program = _build_program(plan)
@@ -403,7 +500,8 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
     _CACHE[key] = fn
   args = (acts.params, imgs, mask.reshape(nb, b), lab, tparams, tmask)
   context = dict(single=single, measures=measures, names=names, notes=notes,
-                 classes=classes, n=n, b=b, tc=tc, nb=nb, num_t=num_t)
+                 classes=classes, n=n, b=b, tc=tc, nb=nb, num_t=num_t,
+                 excluded=excluded)
   return fn, args, context
 
 
@@ -427,13 +525,26 @@ def measure(activations: Any, images: Any, transformations: Any,
       per-class results (``result.per_class``) plus their elementwise mean.
     layers: optional layer filter (names, a name, or a predicate).
     transform_chunk: process the transformations Tc at a time (bounds memory
-      when T is large); results are identical.
+      when T is large); results equal the unchunked ones to float32
+      round-off (the sums run in another order: ~1e-5 relative at T = 360).
     mesh: a `jax.sharding.Mesh` with a ``"data"`` axis: the samples of each
       batch are sharded over it and statistics are reduced by collectives.
     progress: show a tqdm bar that advances per batch while the program runs.
 
   Returns:
     A `MeasureResult` (or a list, one per measure when a list was given).
+
+  Raises:
+    ValueError: on malformed inputs, complex activations, or a dataset too
+      small for a measure's statistics (`Measure.check`: e.g. ddof ≥ T or
+      ddof ≥ N for the variance family). In a stratified run a class too
+      small is left out of the class average instead, with a note.
+
+  A sample whose activations in a layer hold a NaN or inf (in any of its
+  transformations, or untransformed) is left out of that layer's statistics
+  and counted in ``result.nonfinite_samples[layer]``, with a note and a
+  RuntimeWarning; the other samples' statistics are what they would be
+  without it.
   """
   fn, args, ctx = _prepare(
       activations, images, transformations, measures, batch_size=batch_size,
@@ -445,14 +556,15 @@ def measure(activations: Any, images: Any, transformations: Any,
     _PROGRESS.bar = tqdm(total=ctx["nb"] * passes, unit="batch",
                          desc="invjax.measure")
   try:
-    outputs = jax.device_get(fn(*args))
+    outputs, counts = jax.device_get(fn(*args))
   finally:
     bar = _PROGRESS.bar
     if bar is not None:
       bar.close()
       _PROGRESS.bar = None
+  _warn_nonfinite(counts, ctx["names"])
   results = []
-  for m, out in zip(ctx["measures"], outputs):
+  for m, out, excluded in zip(ctx["measures"], outputs, ctx["excluded"]):
     # Pytrees leave jit with sorted dict keys: restore execution order.
     out = {l: out[l] for l in ctx["names"] if l in out}
     settings = dict(m.settings)
@@ -460,18 +572,47 @@ def measure(activations: Any, images: Any, transformations: Any,
                     num_transformations=ctx["num_t"],
                     transform_chunk=ctx["tc"], stratified=bool(stratify))
     notes = ctx["notes"].get(m.name, {})
+
+    def result(outputs, counts_of):
+      res = result_lib.MeasureResult.from_outputs(m.name, settings, outputs,
+                                                  notes)
+      res.nonfinite_samples = {l: counts_of(l) for l in outputs}
+      for l, c in res.nonfinite_samples.items():
+        if c:
+          result_lib.add_note(res.notes, l, _excluded_note(c))
+      return res
+
     if ctx["classes"] is None:
-      results.append(result_lib.MeasureResult.from_outputs(
-          m.name, settings, out, notes))
+      results.append(result(out, lambda l: int(counts[l].sum())))
     else:
       per_class = {
-          int(label): result_lib.MeasureResult.from_outputs(
-              m.name, settings,
+          int(label): result(
               {l: {k: v[i] for k, v in o.items()} for l, o in out.items()},
-              notes)
+              lambda l, i=i: int(counts[l][i]))
           for i, label in enumerate(ctx["classes"])}
-      results.append(result_lib.average_classes(per_class))
+      avg = result_lib.average_classes(per_class, excluded, notes)
+      for l, c in avg.nonfinite_samples.items():
+        if c:
+          result_lib.add_note(avg.notes, l, _excluded_note(c))
+      results.append(avg)
   return results[0] if ctx["single"] else results
+
+
+def _excluded_note(count: int) -> str:
+  return (f"{count} sample{'s' * (count != 1)} with NaN or inf activations "
+          "here left out of the statistics")
+
+
+def _warn_nonfinite(counts: dict[str, np.ndarray], names: list[str]) -> None:
+  bad = {l: int(counts[l].sum()) for l in names if counts[l].sum()}
+  if bad:
+    worst = max(bad.values())
+    warnings.warn(
+        f"invjax.measure: up to {worst} sample(s) had NaN or inf activations "
+        f"in {len(bad)} layer(s) ({', '.join(list(bad)[:3])}"
+        f"{', ...' if len(bad) > 3 else ''}) and were left out of those "
+        "layers' statistics; result.nonfinite_samples counts them",
+        RuntimeWarning, stacklevel=3)
 
 
 def measure_block(activations: Any, images: jax.Array, transformations: Any,
@@ -498,6 +639,8 @@ def measure_block(activations: Any, images: jax.Array, transformations: Any,
   t = x.shape[1]
   out = acts.apply(params, x.reshape((b * t,) + x.shape[2:]))
   names = capture.select_layers(list(out), layers)
+  if measure.check is not None:
+    measure.check(b, transformations.parameters.shape[0])
   untransformed = acts.apply(params, images) if measure.needs_identity else None
   results = {}
   for l in names:

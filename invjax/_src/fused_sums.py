@@ -94,10 +94,14 @@ def _kernel(x_ref, wb_ref, wt_ref, c_ref, tv_ref, s1_ref, s2_ref, *, b, t, f,
     stat = jnp.where(dof > 0, m2 / jnp.where(dof > 0, dof, 1.), 0.)
     if statistic == "std":
       stat = jnp.sqrt(stat)
-    tv = tv + jnp.sum(stat * wb[:, None], axis=0)
+    # Masked rows are selected away, not multiplied by 0: a sample left out
+    # for non-finite activations would otherwise turn the sums into NaN.
+    keep = wb > 0
+    tv = tv + jnp.sum(jnp.where(keep[:, None], stat * wb[:, None], 0.), axis=0)
     # Per transformation: shifted sums over samples.
-    e = (x - c[None]) * wb[:, None, None]
-    return tv, s1 + jnp.sum(e, axis=0), s2 + jnp.sum(e * (x - c[None]), axis=0)
+    d = jnp.where(keep[:, None, None], x - c[None], 0.)
+    e = d * wb[:, None, None]
+    return tv, s1 + jnp.sum(e, axis=0), s2 + jnp.sum(e * d, axis=0)
 
   zeros = jnp.zeros((tp, bf), jnp.float32)
   steps = rows // bb

@@ -12,6 +12,13 @@ Aggregation rules (documented in the README):
 * ``zero_division[layer]``: how many activations had a denominator ≤ 0 (or
   ≤ the measure's ``zero_tolerance``) and so took the safe-divide rule
   (0/0 → 1, x/0 → inf).
+* ``nonfinite_samples[layer]``: samples left out of the layer's statistics
+  because one of their activations there was NaN or inf (`invjax.measure`).
+* a layer whose per-feature-map values are all non-finite gets a note
+  saying so (its ``per_layer`` is NaN).
+* stratified runs: a class too small for the measure's statistics (e.g. one
+  sample) stays in ``per_class`` but is left out of the class average, with
+  a note.
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ class MeasureResult:
     notes: {layer: str}, e.g. why a layer was skipped.
     per_class: {label: MeasureResult} for stratified runs, else None; the
       top-level values are then the mean over classes.
+    nonfinite_samples: {layer: int}, samples left out of the layer's
+      statistics for non-finite activations (a sample counts once).
   """
   measure: str
   settings: dict[str, Any]
@@ -72,6 +81,7 @@ class MeasureResult:
   nonfinite_skipped: dict[str, int]
   notes: dict[str, str] = dataclasses.field(default_factory=dict)
   per_class: dict[int, "MeasureResult"] | None = None
+  nonfinite_samples: dict[str, int] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def from_outputs(cls, measure: str, settings: Mapping[str, Any],
@@ -96,8 +106,9 @@ class MeasureResult:
       per_layer[layer] = (float(per_fm[layer][finite].mean()) if finite.any()
                           else float("nan"))
       extras[layer] = out
+    notes = _nonfinite_notes(per_fm, dict(notes or {}))
     return cls(measure, dict(settings), list(outputs), per_act, per_fm,
-               per_layer, extras, zdiv, skipped, dict(notes or {}))
+               per_layer, extras, zdiv, skipped, notes)
 
   def mean(self) -> float:
     """Unweighted mean of the finite per-layer values."""
@@ -115,7 +126,7 @@ class MeasureResult:
             "zero_division": self.zero_division,
             "nonfinite_skipped": self.nonfinite_skipped, "notes": self.notes,
             "extras": {l: list(e) for l, e in self.extras.items()},
-            "classes": None}
+            "nonfinite_samples": self.nonfinite_samples, "classes": None}
     for i, layer in enumerate(self.layers):
       arrays[f"{prefix}{i}/per_activation"] = self.per_activation[layer]
       arrays[f"{prefix}{i}/per_feature_map"] = self.per_feature_map[layer]
@@ -143,6 +154,21 @@ class MeasureResult:
     # A file object, so np.savez appends no suffix to the temporary name.
     with files.atomic_open(path, "wb") as f:
       np.savez(f, **arrays)
+
+
+def add_note(notes: dict[str, str], layer: str, note: str) -> None:
+  """Appends ``note`` to the layer's notes ("; "-separated)."""
+  notes[layer] = f"{notes[layer]}; {note}" if notes.get(layer) else note
+
+
+def _nonfinite_notes(per_fm: Mapping[str, np.ndarray],
+                     notes: dict[str, str]) -> dict[str, str]:
+  for layer, v in per_fm.items():
+    if v.size and not np.isfinite(v).any():
+      add_note(notes, layer, (
+          f"all {v.size} per-feature-map values are NaN or inf, so per_layer "
+          "is NaN (e.g. a zero denominator everywhere: see zero_division)"))
+  return notes
 
 
 def _jsonable(x: Any) -> Any:
@@ -175,7 +201,8 @@ def _unflatten(meta: dict, arrays: Mapping[str, np.ndarray],
                   for k in meta["extras"][l]} for i, l in enumerate(layers)},
       zero_division=dict(meta["zero_division"]),
       nonfinite_skipped=dict(meta["nonfinite_skipped"]),
-      notes=dict(meta["notes"]))
+      notes=dict(meta["notes"]),
+      nonfinite_samples=dict(meta.get("nonfinite_samples", {})))
   if meta.get("classes") is not None:
     res.per_class = {label: _unflatten(m, arrays, f"{prefix}class{label}/")
                      for label, m in meta["classes"]}
@@ -248,14 +275,27 @@ def load_result(path: str | os.PathLike) -> MeasureResult:
                      f"match ({type(e).__name__}: {e})") from None
 
 
-def average_classes(per_class: dict[int, MeasureResult]) -> MeasureResult:
+def average_classes(per_class: dict[int, MeasureResult],
+                    excluded: Mapping[int, str] | None = None,
+                    notes: Mapping[str, str] | None = None) -> MeasureResult:
   """Elementwise mean over classes of stratified results (as tmeasures).
 
   Per-feature-map values are the mean of the per-class per-feature-map values
   (each already a ratio of spatial means), so a ratio measure is averaged as
   ratios, never re-divided.
+
+  Args:
+    per_class: {label: result} of every class.
+    excluded: {label: why} of classes left out of the mean (too small for
+      the measure's statistics); they stay in ``per_class`` and every layer
+      gets a note naming them.
+    notes: {layer: note} of the run (e.g. skipped layers).
   """
-  results = list(per_class.values())
+  excluded = dict(excluded or {})
+  results = [r for c, r in per_class.items() if c not in excluded]
+  if not results:
+    raise ValueError("every class is excluded from the class average: "
+                     + "; ".join(excluded.values()))
   first = results[0]
   mean = lambda get: {l: np.mean([get(r)[l] for r in results], axis=0)
                       for l in first.layers}
@@ -269,7 +309,15 @@ def average_classes(per_class: dict[int, MeasureResult]) -> MeasureResult:
                 for k in first.extras[l]} for l in first.layers}
   zdiv = {l: int(sum(r.zero_division[l] for r in results))
           for l in first.layers}
+  everyone = list(per_class.values())
+  nonfinite = {l: int(sum(r.nonfinite_samples.get(l, 0) for r in everyone))
+               for l in first.layers}
+  notes = _nonfinite_notes(per_fm, dict(notes or {}))
+  for label, why in excluded.items():
+    for l in first.layers:
+      add_note(notes, l, f"class {label} is left out of the class average: "
+               f"{why}")
   return MeasureResult(first.measure, dict(first.settings), list(first.layers),
                        mean(lambda r: r.per_activation), per_fm, per_layer,
-                       extras, zdiv, skipped, dict(first.notes),
-                       per_class=dict(per_class))
+                       extras, zdiv, skipped, notes,
+                       per_class=dict(per_class), nonfinite_samples=nonfinite)

@@ -8,8 +8,15 @@ statistics with the pairwise update of Chan, Golub & LeVeque (1979):
 
 Each block's own mean and M2 come from one read of the block as sums of
 data shifted close to their mean (Chan et al.'s "shifted data" form; see
-`block_moments`), so accumulating in float32 stays accurate to ~1e-6
-relative without float64.
+`block_moments`). A `Moments` keeps that shift and the mean's small offset
+from it apart, so merges subtract nearby shifts exactly (Sterbenz) instead of
+rounding means of large magnitude: accumulating in float32 stays accurate to
+~1e-6 relative without float64, also for activations far from zero
+(`tests/test_stats.py` checks offset/σ up to 1e4).
+
+Masks select, never multiply: a masked-out row (padding, another class, a
+sample with non-finite activations) never reaches a sum, so a NaN there
+cannot leak into the statistics (NaN · 0 is NaN).
 """
 
 from __future__ import annotations
@@ -31,22 +38,35 @@ _UNROLL = 16
 class Moments(NamedTuple):
   """Count, mean and sum of squared deviations (M2), broadcast over units.
 
-  ``count`` has the shape of ``mean`` with the reduced axis removed, or is a
-  scalar when all units share one count.
+  The mean is kept as ``shift + offset``: ``shift`` is a value of the data
+  (exact in float32) and ``offset`` the small distance of the mean from it,
+  so that the mean of data far from zero loses nothing to rounding before
+  the final sum (`mean`).
+
+  ``count`` has the shape of ``offset`` with the reduced axis removed, or is
+  a scalar when all units share one count.
   """
   count: Array
-  mean: Array
+  offset: Array
   m2: Array
+  shift: Array
+
+  @property
+  def mean(self) -> Array:
+    return self.shift + self.offset
 
 
 def zeros_moments(shape, dtype=jnp.float32, count_shape=()) -> Moments:
   return Moments(jnp.zeros(count_shape, dtype), jnp.zeros(shape, dtype),
-                 jnp.zeros(shape, dtype))
+                 jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
 def weighted_sum(x: Array, weights: Array, axis: int,
                  fn: Callable[[Array], Any] = lambda s: s) -> Any:
   """Σ_k w_k · fn(x[..., k, ...]) along `axis`, for an elementwise `fn`.
+
+  Entries with w_k = 0 are left out (selected away, so a NaN there does not
+  reach the sum).
 
   ``fn`` may return a tuple of arrays (several sums from one read of ``x``)
   and may close over arrays shaped like one slice.
@@ -74,12 +94,14 @@ def weighted_sum(x: Array, weights: Array, axis: int,
     shape = [1] * x.ndim
     shape[axis] = w.shape[0]
     w = w.reshape(shape)
-    return jax.tree.map(lambda v: jnp.sum(v * w, axis=axis), fn(x))
+    return jax.tree.map(
+        lambda v: jnp.sum(jnp.where(w > 0, v * w, 0), axis=axis), fn(x))
 
   def accumulate(x, w, unroll=False):
     def body(k, acc):
       terms = fn(jax.lax.dynamic_index_in_dim(x, k, axis, keepdims=False))
-      return jax.tree.map(lambda a, v: a + w[k] * v, acc, terms)
+      return jax.tree.map(lambda a, v: jnp.where(w[k] > 0, a + w[k] * v, a),
+                          acc, terms)
     slice_shape = jax.ShapeDtypeStruct(x.shape[:axis] + x.shape[axis + 1:],
                                        x.dtype)
     zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype),
@@ -95,33 +117,37 @@ def head_size(length: int) -> int:
 
 
 def block_shift(x: Array, weights: Array, axis: int) -> Array:
-  """The shift c of `block_moments`: x_0 moved by the head's mean offset.
+  """The shift c of `block_moments`: the first valid entry x_f moved by the
+  mean offset of the valid entries among the first k from it.
 
-  x_0 plus the mean offset of the first k valid entries from it, so that
-  sparse units (x_0 a lone outlier) do not cancel, yet a constant row still
-  has d = 0 exactly. Reading k ≤ L/8 entries costs ≤ 1/8 read.
+  So sparse units (x_f a lone outlier) do not cancel, yet a row that is
+  constant over its valid entries has d = 0 exactly, whichever entries are
+  masked (in a stratified run each class shifts by its own samples). Reading
+  k ≤ L/8 entries costs ≤ 1/8 read. 0 when no entry is valid.
   """
   w = weights.astype(x.dtype)
   k = head_size(x.shape[axis])
-  x0 = jax.lax.index_in_dim(x, 0, axis, keepdims=True)
+  valid = w > 0
+  first = jnp.argmax(valid)       # 0 when none is valid
+  x0 = jax.lax.dynamic_index_in_dim(x, first, axis, keepdims=True)
   head_w = jax.lax.slice_in_dim(w, 0, k)
   head = jax.lax.slice_in_dim(x, 0, k, axis=axis) - x0
   offset = weighted_sum(head, head_w, axis) / jnp.maximum(jnp.sum(head_w), 1)
-  return jax.lax.stop_gradient(jnp.squeeze(x0, axis) + offset)
+  shift = jnp.where(jnp.any(valid), jnp.squeeze(x0, axis) + offset, 0)
+  return jax.lax.stop_gradient(shift)
 
 
 def moments_from_sums(n: Array, shift: Array, s1: Array, s2: Array) -> Moments:
   """Moments from n and the sums s1 = Σd, s2 = Σd² of d = x − shift."""
   md = s1 / jnp.maximum(n, 1)
-  return Moments(n, shift + md, jnp.maximum(s2 - s1 * md, 0))
+  return Moments(n, md, jnp.maximum(s2 - s1 * md, 0), shift)
 
 
 def block_moments(x: Array, weights: Array, axis: int) -> Moments:
   """Masked moments of `x` along `axis` from one read of shifted sums.
 
   With d = x − c for a shift c near the mean (`block_shift`),
-  M2 = Σd² − (Σd)²/n loses only ~eps·(1 + (μ − c)²/σ²) relative in float32;
-  c is valid by construction (padding comes last).
+  M2 = Σd² − (Σd)²/n loses only ~eps·(1 + (μ − c)²/σ²) relative in float32.
 
   Args:
     x: array of any shape.
@@ -147,14 +173,24 @@ def block_moments(x: Array, weights: Array, axis: int) -> Moments:
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:
-  """Chan's parallel merge; exact when either side is empty."""
+  """Chan's parallel merge, in a's shifted coordinates.
+
+  b's mean offset is moved to a's shift as (c_b − c_a) + o_b: the shifts
+  are values of the same data, so their difference is exact when they are
+  within a factor of two of each other (Sterbenz), and the offsets stay
+  small. An empty side leaves the other unchanged, exactly (also when its
+  fields hold garbage).
+  """
   n = a.count + b.count
-  safe_n = jnp.where(n > 0, n, 1)
-  delta = b.mean - a.mean
-  frac_b = jnp.where(n > 0, b.count / safe_n, 0)
-  mean = a.mean + delta * frac_b
+  a_empty, b_empty = a.count <= 0, b.count <= 0
+  frac_b = b.count / jnp.where(n > 0, n, 1)
+  delta = (b.shift - a.shift) + b.offset - a.offset
+  offset = a.offset + delta * frac_b
   m2 = a.m2 + b.m2 + delta * delta * a.count * frac_b
-  return Moments(n, mean, m2)
+  pick = lambda x_a, x_b, merged: jnp.where(
+      a_empty, x_b, jnp.where(b_empty, x_a, merged))
+  return Moments(n, pick(a.offset, b.offset, offset),
+                 pick(a.m2, b.m2, m2), pick(a.shift, b.shift, a.shift))
 
 
 def variance(m: Moments, ddof: int) -> Array:
@@ -183,9 +219,12 @@ def zeros_mean(shape, dtype=jnp.float32) -> RunningMean:
 
 
 def merge_mean(a: RunningMean, b: RunningMean) -> RunningMean:
+  """n-weighted average; an empty side leaves the other unchanged, exactly."""
   n = a.count + b.count
-  frac_b = jnp.where(n > 0, b.count / jnp.where(n > 0, n, 1), 0)
-  return RunningMean(n, a.mean + (b.mean - a.mean) * frac_b)
+  frac_b = b.count / jnp.where(n > 0, n, 1)
+  merged = a.mean + (b.mean - a.mean) * frac_b
+  return RunningMean(n, jnp.where(a.count <= 0, b.mean,
+                                  jnp.where(b.count <= 0, a.mean, merged)))
 
 
 def block_mean(x: Array, weights: Array, axis: int = 0) -> RunningMean:

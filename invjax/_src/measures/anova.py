@@ -69,13 +69,23 @@ def f_statistic(columns: stats.Moments, valid: jax.Array):
     (F, p_value, d1, d2): F and p shaped like one activation; the degrees
     of freedom d1 = G' − 1 and d2 = n_total − G' (G' non-empty groups).
   """
-  w = valid.astype(columns.mean.dtype)
-  w = w.reshape(w.shape + (1,) * (columns.mean.ndim - 1))
+  w = valid.astype(columns.offset.dtype)
+  w = w.reshape(w.shape + (1,) * (columns.offset.ndim - 1))
   n_j = columns.count * w                            # (G, 1, ...) group sizes
   total = jnp.sum(n_j, axis=0)
   groups = jnp.sum((n_j > 0).astype(n_j.dtype), axis=0)
-  grand = jnp.sum(n_j * columns.mean, axis=0) / jnp.maximum(total, 1)
-  ssb = jnp.sum(n_j * (columns.mean - grand) ** 2, axis=0)
+  # Group means relative to the first group's, from the shifted form:
+  # differences of nearby shifts are exact, so SSB keeps its precision for
+  # activations far from 0. Means equal in float32 count as equal (XLA may
+  # round the offsets of identical groups differently by an ulp), so an
+  # invariant unit gets SSB = 0 exactly.
+  means = jnp.where(
+      columns.mean == columns.mean[:1], 0,
+      (columns.shift - columns.shift[:1]) + (columns.offset -
+                                             columns.offset[:1]))
+  means = jnp.where(n_j > 0, means, 0)
+  grand = jnp.sum(n_j * means, axis=0) / jnp.maximum(total, 1)
+  ssb = jnp.sum(n_j * (means - grand) ** 2, axis=0)
   ssw = jnp.sum(columns.m2 * w, axis=0)
   d1, d2 = (groups - 1).reshape(()), (total - groups).reshape(())
   has_dof = (d1 > 0) & (d2 > 0)
@@ -103,8 +113,12 @@ def _measure(name: str, finalize, settings) -> base.Measure:
   # The state is the sample variance's: Chan moments per transformation.
   sv = variance._sv_fns("variance", 1)  # pylint: disable=protected-access
   init, update, merge, _ = sv
+  # d1 = m − 1 and d2 = m(n − 1) must be positive, else p = 1 everywhere:
+  # every unit would pass as invariant.
+  check = base.size_check(name, min_samples=2, min_transformations=2,
+                          why="the F test's degrees of freedom")
   return base.Measure(name=name, init=init, update=update, merge=merge,
-                      finalize=finalize, settings=settings)
+                      finalize=finalize, settings=settings, check=check)
 
 
 def anova_f() -> base.Measure:

@@ -209,6 +209,8 @@ def _sd_fns(normalize: bool, window: int):
       sums, count = carry
       w = (new & (rank >= o)).astype(jnp.float32)
       d = _distance(vec, jnp.roll(vec, o, axis=0))            # (W+B, Tc, C)
+      # Select, not multiply: masked samples may hold NaN.
+      d = jnp.where(w[:, None, None] > 0, d, 0)
       sums = sums + jnp.einsum("r,rtc->tc", w, d,
                                precision=jax.lax.Precision.HIGHEST)
       return sums, count + jnp.sum(w)
@@ -293,10 +295,15 @@ def _measure(kind: str, normalize: bool, window: int,
       den = _broadcast(sd[3](state.sd), shape)
       return {"values": stats.safe_divide(num, den), "numerator": num,
               "denominator": den}
+  # One transformation has no pairs (TD = 0, "invariant"); one sample none
+  # either (SD = 0).
+  check = base.size_check(name, min_samples=1 if kind == "td" else 2,
+                          min_transformations=1 if kind == "sd" else 2,
+                          why="distances need pairs")
   return base.Measure(name=name, init=init, update=update, merge=merge,
                       finalize=finalize,
                       settings=base.settings_tuple(**settings),
-                      needs_inverse=same_equivariance)
+                      needs_inverse=same_equivariance, check=check)
 
 
 def transformation_distance(*, normalize: bool = False,

@@ -34,10 +34,10 @@ confirmed against the paper:
   warps add interpolation and padding error.
 
 The two output metrics are streaming `Measure`s: apply them to the logits
-layer (e.g. ``layers="output"``); the softmax is over the last axis and
-logit norms are over the whole activation. Their ``values`` are the scalar
-broadcast to the activation shape, and the scalar is also returned under the
-measure's name. Both handle transformation chunks exactly.
+layer (``layers="logits"`` for `invjax.models`); the softmax is over the
+last axis and logit norms are over the whole activation. Their ``values``
+are the scalar broadcast to the activation shape, and the scalar is also
+returned under the measure's name. Both handle transformation chunks exactly.
 
 Reference:
   Moskalev, Sepliarskaia, Bekkers, Smeulders. "On genuine invariance learning

@@ -301,4 +301,8 @@ def goodfellow(*, threshold: str = "normal", alpha: float = 0.99,
                       merge=merge, finalize=finalize, settings=settings,
                       needs_identity=True, num_passes=rates_pass + 1,
                       end_pass=end_pass,
-                      identity_passes=tuple(range(rates_pass)))
+                      identity_passes=tuple(range(rates_pass)),
+                      # τ = μ + σ·z needs σ (ddof 1); a quantile needs 1.
+                      check=base.size_check(
+                          "goodfellow", min_samples=1 if quantile else 2,
+                          why="the threshold's standard deviation"))

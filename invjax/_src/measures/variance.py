@@ -87,9 +87,7 @@ def _tv_fns(statistic: str, ddof: int):
   """init/update/merge/finalize of the transformation variance."""
 
   def init(spec: base.LayerSpec) -> TVState:
-    orbit = stats.Moments(jnp.zeros((), jnp.float32),
-                          jnp.zeros((spec.batch_size,) + spec.shape),
-                          jnp.zeros((spec.batch_size,) + spec.shape))
+    orbit = stats.zeros_moments((spec.batch_size,) + spec.shape)
     return TVState(orbit, stats.zeros_mean(spec.shape))
 
   def update(state: TVState, block: base.Block) -> TVState:
@@ -121,7 +119,7 @@ def _fold_columns(state: SVState, chunk: stats.Moments, start) -> SVState:
   The chunk's columns are consecutive and inside the padded state: a slice
   and an in-place update, not a gather and a scatter (slow on TPU).
   """
-  tc = chunk.mean.shape[0]
+  tc = chunk.offset.shape[0]
   old = jax.tree.map(
       lambda v: jax.lax.dynamic_slice_in_dim(v, start, tc), state.columns)
   chunk = chunk._replace(count=jnp.broadcast_to(chunk.count, old.count.shape))
@@ -138,8 +136,7 @@ def _sv_fns(statistic: str, ddof: int):
   def init(spec: base.LayerSpec) -> SVState:
     tp, ones = spec.num_padded_transformations, (1,) * len(spec.shape)
     # The count keeps singleton unit axes so it broadcasts against the means.
-    cols = stats.Moments(jnp.zeros((tp,) + ones), jnp.zeros((tp,) + spec.shape),
-                         jnp.zeros((tp,) + spec.shape))
+    cols = stats.zeros_moments((tp,) + spec.shape, count_shape=(tp,) + ones)
     valid = jnp.arange(tp) < spec.num_transformations
     return SVState(cols, valid)
 
@@ -177,7 +174,7 @@ def _fused_nv_update(statistic: str, ddof: int, xla_update):
   def update(state: NVState, block: base.Block) -> NVState:
     x = block.x.astype(jnp.float32)
     b, tc = x.shape[:2]
-    if tc != state.sv.columns.mean.shape[0] or x.size >= 2**31:
+    if tc != state.sv.columns.offset.shape[0] or x.size >= 2**31:
       return xla_update(state, block)
     flat = x.reshape((b, tc, -1))
     w_b = block.mask.astype(jnp.float32)
@@ -226,9 +223,15 @@ def _measure(name, kind, statistic, ddof, needs_inverse, zero_tolerance=0.0,
       num, den = tv[3](state.tv), sv[3](state.sv)
       return {"values": stats.safe_divide(num, den, zero_tolerance),
               "numerator": num, "denominator": den}
+  # A row statistic over ≤ ddof values has no degrees of freedom: TV would
+  # be 0 ("invariant") and SV 0 (NV inf) whatever the network does.
+  need = ddof + 1
+  check = base.size_check(
+      name, min_samples=need if kind != "tv" else 1,
+      min_transformations=need if kind != "sv" else 1, why=f"ddof={ddof}")
   return base.Measure(name=name, init=init, update=update, merge=merge,
                       finalize=finalize, settings=settings,
-                      needs_inverse=needs_inverse)
+                      needs_inverse=needs_inverse, check=check)
 
 
 def transformation_variance(*, statistic: str = "variance",
