@@ -17,6 +17,7 @@ from invjax import objectives
 from invjax import train as T
 from invjax import transforms as tr
 from invjax._src import train as train_lib
+from invjax._src import workdir as workdir_lib
 
 
 @pytest.fixture(autouse=True)
@@ -384,7 +385,7 @@ def test_config_json_is_replaced_atomically(digits, tmp_path, monkeypatch):
   with monkeypatch.context() as m:
     # Killed after the new text is written, before it is in place (and
     # inside the write, for code that writes in place).
-    m.setattr(train_lib, "json", _DiesWritingConfig())
+    m.setattr(workdir_lib, "json", _DiesWritingConfig())
     m.setattr(os, "fsync", killed)
     with pytest.raises(KeyboardInterrupt):
       T.fit(_model(), cfg, x, y, workdir=tmp_path)
