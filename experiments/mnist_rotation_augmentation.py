@@ -18,8 +18,8 @@ download): 500 stratified images are measured, the other 1,297 train.
 measures 1,000 stratified test images (the papers' 10%); the data come from
 ``$INVJAX_DATA`` or ``../shared/data``.
 
-Runtime: CPU full (the default, digits, C = 16, 1,000 steps): 2–3 min
-on 2 CPU cores; MNIST about 6 min; smoke mode (``--smoke``) about 40 s. GPU
+Runtime: CPU full (the default, digits, C = 16, 1,000 steps): 97 s on 2
+CPU cores (measured from a fresh clone, 2026-12-01); MNIST about 6 min; smoke mode (``--smoke``) about 40 s. GPU
 preset (``preset=gpu``: MNIST 60,000 images, C = 32, 6,000 steps): a few
 minutes on one H100 (an estimate: the GPU settings have not been timed).
 
