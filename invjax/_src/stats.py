@@ -38,8 +38,8 @@ _UNROLL = 16
 class Moments(NamedTuple):
   """Count, mean and sum of squared deviations (M2), broadcast over units.
 
-  The mean is kept as ``shift + offset``: ``shift`` is a value of the data
-  (exact in float32) and ``offset`` the small distance of the mean from it,
+  The mean is kept as ``shift + offset``: ``shift`` lies among the data
+  (`block_shift`) and ``offset`` is the small distance of the mean from it,
   so that the mean of data far from zero loses nothing to rounding before
   the final sum (`mean`).
 
@@ -175,8 +175,8 @@ def block_moments(x: Array, weights: Array, axis: int) -> Moments:
 def merge_moments(a: Moments, b: Moments) -> Moments:
   """Chan's parallel merge, in a's shifted coordinates.
 
-  b's mean offset is moved to a's shift as (c_b − c_a) + o_b: the shifts
-  are values of the same data, so their difference is exact when they are
+  b's mean offset is moved to a's shift as (c_b − c_a) + o_b: both shifts
+  lie among the same data, so their difference is exact when they are
   within a factor of two of each other (Sterbenz), and the offsets stay
   small. An empty side leaves the other unchanged, exactly (also when its
   fields hold garbage).
