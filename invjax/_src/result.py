@@ -33,6 +33,7 @@ import zlib
 import numpy as np
 
 from invjax._src import files
+from invjax._src import numerics
 
 _FORMAT = "invjax.MeasureResult/1"
 
@@ -43,10 +44,10 @@ def _fm_mean(a: np.ndarray) -> np.ndarray:
 
 def _safe_divide(num: np.ndarray, den: np.ndarray,
                  tol: float) -> np.ndarray:
-  with np.errstate(divide="ignore", invalid="ignore"):
-    out = np.where(den > tol, num / np.where(den > tol, den, 1),
-                   np.where(num > tol, np.inf, 1.0))
-  return np.where(np.isnan(num) | np.isnan(den), np.nan, out)
+  # The ratio measures' own rule (`stats.safe_divide`, tmeasures: 0/0 → 1),
+  # so per-feature-map ratios agree with per-activation ones; float64 on host.
+  return numerics.np_safe_divide(num, den, zero_over_zero=1.0,
+                                 zero_tolerance=tol)
 
 
 @dataclasses.dataclass

@@ -47,6 +47,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from invjax._src import numerics
+
 Array = jax.Array
 Model = Callable[[Array], Array]
 Similarity = Callable[[Array, Array], Array]
@@ -66,18 +68,14 @@ _MIN_UNBIASED_N = 4
 
 def _safe_divide(num: Array, den: Array) -> Array:
   """num / den where den > 0, else 0, with finite gradients everywhere."""
-  ok = den > 0
-  return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
-
-
-def _safe_sqrt(a: Array) -> Array:
-  """sqrt(a) for a > 0, else 0; the gradient at 0 is 0 instead of inf."""
-  ok = a > 0
-  return jnp.where(ok, jnp.sqrt(jnp.where(ok, a, 1)), 0)
+  # CKA's rule (module docstring): a constant representation (zero
+  # denominator) shares nothing, 0, whatever the numerator, NaN included.
+  return numerics.safe_divide(num, den, zero_over_zero=0.0,
+                              nonzero_over_zero=0.0, propagate_nan=False)
 
 
 def _safe_norm(v: Array, axis: int) -> Array:
-  return _safe_sqrt(jnp.sum(v * v, axis=axis))
+  return numerics.safe_sqrt(jnp.sum(v * v, axis=axis))
 
 
 def _compute_dtype(*arrays) -> Any:

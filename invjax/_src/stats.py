@@ -26,6 +26,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from invjax._src import numerics
+
 Array = jax.Array
 
 # Longest axis that `weighted_sum` unrolls on accelerators. Compile time grows
@@ -202,10 +204,8 @@ def variance(m: Moments, ddof: int) -> Array:
   return jnp.where(dof > 0, m.m2 / jnp.where(dof > 0, dof, 1), 0)
 
 
-def safe_sqrt(x: Array) -> Array:
-  """sqrt with a zero (not infinite) gradient at 0, so `jax.grad` stays finite."""
-  positive = x > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)
+# Kept here for the measures that call `stats.safe_sqrt`; it lives in numerics.
+safe_sqrt = numerics.safe_sqrt
 
 
 class RunningMean(NamedTuple):
@@ -248,10 +248,9 @@ def safe_divide(numerator: Array, denominator: Array,
   arithmetic can come out with a variance of ~1e-15 instead of 0.
 
   A NaN anywhere propagates as NaN (tmeasures would return the numerator).
+  This is `numerics.safe_divide` with tmeasures' rule.
   """
-  positive = denominator > zero_tolerance
-  ratio = numerator / jnp.where(positive, denominator, 1)
-  zero_case = jnp.where(numerator > zero_tolerance, jnp.inf,
-                        1.0).astype(ratio.dtype)
-  out = jnp.where(positive, ratio, zero_case)
-  return jnp.where(jnp.isnan(numerator) | jnp.isnan(denominator), jnp.nan, out)
+  # 0/0 → 1: a unit that varies neither across transformations nor across
+  # samples is as invariant as it is varied (tmeasures, Quiroga et al.).
+  return numerics.safe_divide(numerator, denominator, zero_over_zero=1.0,
+                              zero_tolerance=zero_tolerance)

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invjax._src import base
+from invjax._src import numerics
 from invjax._src import stats
 from invjax._src.measures import geed as geed_lib
 
@@ -80,8 +81,10 @@ def predictive_invariance() -> base.Measure:
 
 
 def _ratio(num: Array, den: Array) -> Array:
-  # num ≤ den always; 0/0 (all-zero logits) is perfectly invariant.
-  return jnp.where(den > 0, num / jnp.where(den > 0, den, 1), 0.0)
+  # num ≤ den always; 0/0 (all-zero logits) is perfectly invariant: 0, and
+  # anything over a zero (or NaN) denominator is 0 too, as it always was.
+  return numerics.safe_divide(num, den, zero_over_zero=0.0,
+                              nonzero_over_zero=0.0, propagate_nan=False)
 
 
 def _logit_orbit() -> geed_lib.Orbit:
