@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from invjax._src import capture
 from invjax._src import engine
 from invjax._src import stats
-from invjax._src.measures import geed as geed_lib
+from invjax._src.measures import orbit as orbit_lib
 from invjax._src.measures import variance
 
 Array = jax.Array
@@ -128,7 +128,7 @@ def invariance_error(logits_fn: Callable[[Any, Array], Array], params: Any,
     per_sample = jnp.mean(
         jnp.sum(dev.reshape(dev.shape[:2] + (-1,)) ** 2, axis=-1), axis=1)
   else:
-    per_sample = geed_lib.orbit_jsd(zf)
+    per_sample = orbit_lib.orbit_jsd(zf)
   error = jnp.mean(per_sample)
   return (error, z) if return_logits else error
 

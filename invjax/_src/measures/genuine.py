@@ -56,7 +56,7 @@ import numpy as np
 from invjax._src import base
 from invjax._src import numerics
 from invjax._src import stats
-from invjax._src.measures import geed as geed_lib
+from invjax._src.measures import orbit as orbit_lib
 
 Array = jax.Array
 
@@ -75,8 +75,8 @@ def predictive_invariance() -> base.Measure:
     return {"normalized": jnp.where(log_t > 0,
                                     value / jnp.where(log_t > 0, log_t, 1), 0)}
 
-  return geed_lib.orbit_measure(
-      "predictive_invariance", geed_lib.centroid_orbit("kl"),
+  return orbit_lib.orbit_measure(
+      "predictive_invariance", orbit_lib.centroid_orbit("kl"),
       key="predictive_invariance", settings=(), extras=extras)
 
 
@@ -87,14 +87,14 @@ def _ratio(num: Array, den: Array) -> Array:
                               nonzero_over_zero=0.0, propagate_nan=False)
 
 
-def _logit_orbit() -> geed_lib.Orbit:
-  wsum = geed_lib.weighted_sum
+def _logit_orbit() -> orbit_lib.Orbit:
+  wsum = orbit_lib.orbit_sum
 
   def direct(x, w, ident):
     del ident
     zbar = wsum(x, w) / jnp.sum(w)
-    num = wsum(geed_lib.sq_norm(x - zbar[:, None]), w)
-    den = wsum(geed_lib.sq_norm(x), w)
+    num = wsum(orbit_lib.sq_norm(x - zbar[:, None]), w)
+    den = wsum(orbit_lib.sq_norm(x), w)
     return _ratio(num, den), zbar
 
   def zeros(b, m, k):
@@ -102,7 +102,7 @@ def _logit_orbit() -> geed_lib.Orbit:
 
   def accumulate(x, w, ident):
     del ident
-    return jnp.sum(w), wsum(x, w), wsum(geed_lib.sq_norm(x), w)
+    return jnp.sum(w), wsum(x, w), wsum(orbit_lib.sq_norm(x), w)
 
   def reduce(acc, ident):
     del ident
@@ -110,10 +110,10 @@ def _logit_orbit() -> geed_lib.Orbit:
     count = jnp.maximum(count, 1)
     zbar = z_sum / count
     # Σ_g ‖z_g − z̄‖² = Σ_g ‖z_g‖² − |G|·‖z̄‖², clipped against rounding.
-    num = jnp.maximum(sq - count * geed_lib.sq_norm(zbar), 0.0)
+    num = jnp.maximum(sq - count * orbit_lib.sq_norm(zbar), 0.0)
     return _ratio(num, sq), zbar
 
-  return geed_lib.Orbit(direct, zeros, accumulate, reduce)
+  return orbit_lib.Orbit(direct, zeros, accumulate, reduce)
 
 
 def logit_invariance() -> base.Measure:
@@ -123,7 +123,7 @@ def logit_invariance() -> base.Measure:
     A `Measure`; ``finalize`` gives ``"logit_invariance"`` (in [0, 1], 0:
     invariant) and ``"values"``.
   """
-  return geed_lib.orbit_measure("logit_invariance", _logit_orbit(),
+  return orbit_lib.orbit_measure("logit_invariance", _logit_orbit(),
                                 key="logit_invariance", settings=())
 
 
