@@ -19,10 +19,11 @@ with I the regularized incomplete beta function. F = 0 for a unit whose group
 means are all equal (invariant in the mean); large F means the transformation
 explains much of the activation's variation.
 
-The state is exactly the sample variance's: Chan moments per transformation
-column, merged over sample batches. Group j's (count, mean, M2) give n_j, u_j
-and its within-group sum of squares, so the whole test takes **one pass**
-(tmeasures' NumPy ANOVA makes two, updating per sample in Python).
+The state is exactly the sample variance's (`variance.column_moments`): Chan
+moments per transformation column, merged over sample batches. Group j's
+(count, mean, M2) give n_j, u_j and its within-group sum of squares, so the
+whole test takes **one pass** (tmeasures' NumPy ANOVA makes two, updating per
+sample in Python).
 
 Division rules (`stats.safe_divide` on the mean squares): a constant unit
 (SSB = SSW = 0) gets F = 1 (0/0 → 1) and, as it cannot show any effect,
@@ -110,15 +111,16 @@ def f_statistic(columns: stats.Moments, valid: jax.Array):
 
 
 def _measure(name: str, finalize, settings) -> base.Measure:
-  # The state is the sample variance's: Chan moments per transformation.
-  sv = variance._sv_fns("variance", 1)  # pylint: disable=protected-access
-  init, update, merge, _ = sv
+  # The state is the sample variance's: Chan moments per transformation, the
+  # groups of the test.
+  columns = variance.column_moments()
   # d1 = m − 1 and d2 = m(n − 1) must be positive, else p = 1 everywhere:
   # every unit would pass as invariant.
   check = base.size_check(name, min_samples=2, min_transformations=2,
                           why="the F test's degrees of freedom")
-  return base.Measure(name=name, init=init, update=update, merge=merge,
-                      finalize=finalize, settings=settings, check=check)
+  return base.Measure(name=name, init=columns.init, update=columns.update,
+                      merge=columns.merge, finalize=finalize,
+                      settings=settings, check=check)
 
 
 def anova_f() -> base.Measure:

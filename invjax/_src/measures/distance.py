@@ -60,6 +60,7 @@ import jax.numpy as jnp
 
 from invjax._src import base
 from invjax._src import stats
+from invjax._src.measures import combinators
 
 
 def _layout(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -114,11 +115,6 @@ class SDState(NamedTuple):
   columns: stats.RunningMean    # per column: pair count (T, 1), mean (T, C)
 
 
-class NDState(NamedTuple):
-  td: TDState
-  sd: SDState
-
-
 def _orbit_sums(v: jax.Array) -> jax.Array:
   """Σ over the m(m − 1)/2 pairs j < k of d(v_j, v_k), per sample.
 
@@ -143,8 +139,8 @@ def _orbit_sums(v: jax.Array) -> jax.Array:
   return jax.lax.fori_loop(1, m // 2 + 1, body, init)
 
 
-def _td_fns(normalize: bool):
-  """init/update/merge/finalize of the transformation distance."""
+def _td(normalize: bool) -> combinators.Statistic:
+  """The transformation distance, streamed; per feature map, broadcast."""
 
   def init(spec: base.LayerSpec) -> TDState:
     # Only the T real transformations get a row: writes from padding rows of
@@ -171,13 +167,14 @@ def _td_fns(normalize: bool):
     return TDState(b.orbit, stats.merge_mean(a.samples, b.samples))
 
   def finalize(state: TDState) -> jax.Array:
-    return state.samples.mean
+    # The activation shape is static in the orbit buffer's.
+    return _broadcast(state.samples.mean, state.orbit.shape[2:])
 
-  return init, update, merge, finalize
+  return combinators.Statistic(init, update, merge, finalize)
 
 
-def _sd_fns(normalize: bool, window: int):
-  """init/update/merge/finalize of the sample distance (windowed pairs)."""
+def _sd(normalize: bool, window: int) -> combinators.Statistic:
+  """The sample distance (windowed pairs), streamed; broadcast likewise."""
 
   def init(spec: base.LayerSpec) -> SDState:
     c, t = _layout(spec.shape)[1], spec.num_transformations
@@ -242,17 +239,10 @@ def _sd_fns(normalize: bool, window: int):
                    stats.merge_mean(a.columns, b.columns))
 
   def finalize(state: SDState) -> jax.Array:
-    return jnp.mean(state.columns.mean, axis=0)
+    return _broadcast(jnp.mean(state.columns.mean, axis=0),
+                      state.ring.shape[2:])
 
-  return init, update, merge, finalize
-
-
-def _shape(state) -> tuple[int, ...]:
-  """The activation shape, read back from the state's buffers (static)."""
-  if isinstance(state, NDState):
-    state = state.td
-  buf = state.orbit if isinstance(state, TDState) else state.ring
-  return buf.shape[2:]
+  return combinators.Statistic(init, update, merge, finalize)
 
 
 def _check(normalize: bool, window: int) -> None:
@@ -265,7 +255,6 @@ def _check(normalize: bool, window: int) -> None:
 def _measure(kind: str, normalize: bool, window: int,
              same_equivariance: bool) -> base.Measure:
   _check(normalize, window)
-  td, sd = _td_fns(normalize), _sd_fns(normalize, window)
   name = {"td": "transformation_distance", "sd": "sample_distance",
           "nd": "normalized_distance"}[kind]
   if same_equivariance:
@@ -273,37 +262,19 @@ def _measure(kind: str, normalize: bool, window: int,
   settings = {"normalize": normalize}
   if kind != "td":
     settings["window"] = window
-  if kind == "td":
-    init, update, merge, fin = td
-    finalize = lambda s: {"values": _broadcast(fin(s), _shape(s))}
-  elif kind == "sd":
-    init, update, merge, fin = sd
-    finalize = lambda s: {"values": _broadcast(fin(s), _shape(s))}
-  else:
-    def init(spec):
-      return NDState(td[0](spec), sd[0](spec))
-
-    def update(state, block):
-      return NDState(td[1](state.td, block), sd[1](state.sd, block))
-
-    def merge(a, b):
-      return NDState(td[2](a.td, b.td), sd[2](a.sd, b.sd))
-
-    def finalize(state):
-      shape = _shape(state)
-      num = _broadcast(td[3](state.td), shape)
-      den = _broadcast(sd[3](state.sd), shape)
-      return {"values": stats.safe_divide(num, den), "numerator": num,
-              "denominator": den}
   # One transformation has no pairs (TD = 0, "invariant"); one sample none
   # either (SD = 0).
   check = base.size_check(name, min_samples=1 if kind == "td" else 2,
                           min_transformations=1 if kind == "sd" else 2,
                           why="distances need pairs")
-  return base.Measure(name=name, init=init, update=update, merge=merge,
-                      finalize=finalize,
-                      settings=base.settings_tuple(**settings),
-                      needs_inverse=same_equivariance, check=check)
+  common = dict(settings=base.settings_tuple(**settings),
+                needs_inverse=same_equivariance, check=check)
+  td, sd = _td(normalize), _sd(normalize, window)
+  if kind == "td":
+    return combinators.single(name, td, **common)
+  if kind == "sd":
+    return combinators.single(name, sd, **common)
+  return combinators.ratio(name, td, sd, divide=stats.safe_divide, **common)
 
 
 def transformation_distance(*, normalize: bool = False,

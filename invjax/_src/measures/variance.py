@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from invjax._src import base
 from invjax._src import fused_sums
 from invjax._src import stats
+from invjax._src.measures import combinators
 
 _STATISTICS = ("variance", "std")
 _IMPLEMENTATIONS = ("xla", "pallas")
@@ -73,18 +74,13 @@ class TVState(NamedTuple):
   samples: stats.RunningMean    # mean over samples of the orbit statistic
 
 
-class SVState(NamedTuple):
+class ColumnMoments(NamedTuple):
   columns: stats.Moments        # per transformation: (Tp, *shape)
   valid: jax.Array              # (Tp,) bool: False for padding columns
 
 
-class NVState(NamedTuple):
-  tv: TVState
-  sv: SVState
-
-
-def _tv_fns(statistic: str, ddof: int):
-  """init/update/merge/finalize of the transformation variance."""
+def _tv(statistic: str, ddof: int) -> combinators.Statistic:
+  """The transformation variance, streamed."""
 
   def init(spec: base.LayerSpec) -> TVState:
     orbit = stats.zeros_moments((spec.batch_size,) + spec.shape)
@@ -110,10 +106,11 @@ def _tv_fns(statistic: str, ddof: int):
   def finalize(state: TVState) -> jax.Array:
     return state.samples.mean
 
-  return init, update, merge, finalize
+  return combinators.Statistic(init, update, merge, finalize)
 
 
-def _fold_columns(state: SVState, chunk: stats.Moments, start) -> SVState:
+def _fold_columns(state: ColumnMoments, chunk: stats.Moments,
+                  start) -> ColumnMoments:
   """Merges a chunk's (Tc, *shape) column moments into the columns from start.
 
   The chunk's columns are consecutive and inside the padded state: a slice
@@ -127,34 +124,50 @@ def _fold_columns(state: SVState, chunk: stats.Moments, start) -> SVState:
   cols = jax.tree.map(
       lambda v, n: jax.lax.dynamic_update_slice_in_dim(v, n, start, 0),
       state.columns, new)
-  return SVState(cols, state.valid)
+  return ColumnMoments(cols, state.valid)
 
 
-def _sv_fns(statistic: str, ddof: int):
-  """init/update/merge/finalize of the sample variance."""
+def column_moments() -> combinators.Statistic:
+  """Chan moments of each transformation's column A_·j over the samples.
 
-  def init(spec: base.LayerSpec) -> SVState:
+  The block shared by the sample variance (one row statistic per column)
+  and ANOVA (the columns are its groups). Merged across batches; padding
+  transformations are marked invalid.
+
+  Returns:
+    A `combinators.Statistic` over `ColumnMoments`: count (Tp, 1, ...),
+    mean and M2 (Tp, *shape) per column, and ``valid`` (Tp,). Its
+    ``finalize`` returns the state itself: each user reads what it needs.
+  """
+
+  def init(spec: base.LayerSpec) -> ColumnMoments:
     tp, ones = spec.num_padded_transformations, (1,) * len(spec.shape)
     # The count keeps singleton unit axes so it broadcasts against the means.
     cols = stats.zeros_moments((tp,) + spec.shape, count_shape=(tp,) + ones)
     valid = jnp.arange(tp) < spec.num_transformations
-    return SVState(cols, valid)
+    return ColumnMoments(cols, valid)
 
-  def update(state: SVState, block: base.Block) -> SVState:
+  def update(state: ColumnMoments, block: base.Block) -> ColumnMoments:
     x = block.x.astype(jnp.float32)
     chunk = stats.block_moments(x, block.mask, axis=0)        # (Tc, *shape)
     return _fold_columns(state, chunk, block.t_index[0])
 
-  def merge(a: SVState, b: SVState) -> SVState:
-    return SVState(stats.merge_moments(a.columns, b.columns), a.valid)
+  def merge(a: ColumnMoments, b: ColumnMoments) -> ColumnMoments:
+    return ColumnMoments(stats.merge_moments(a.columns, b.columns), a.valid)
 
-  def finalize(state: SVState) -> jax.Array:
+  return combinators.Statistic(init, update, merge, lambda state: state)
+
+
+def _sv(statistic: str, ddof: int) -> combinators.Statistic:
+  """The sample variance: the mean row statistic of the column moments."""
+
+  def finalize(state: ColumnMoments) -> jax.Array:
     per_column = _row_statistic(state.columns, statistic, ddof)  # (Tp, *shape)
     w = state.valid.astype(per_column.dtype)
     w = w.reshape(w.shape + (1,) * (per_column.ndim - 1))
     return jnp.sum(per_column * w, axis=0) / jnp.sum(state.valid)
 
-  return init, update, merge, finalize
+  return column_moments()._replace(finalize=finalize)
 
 
 def _fused_nv_update(statistic: str, ddof: int, xla_update):
@@ -171,10 +184,12 @@ def _fused_nv_update(statistic: str, ddof: int, xla_update):
                                 ddof=ddof, head=stats.head_size(x.shape[1]),
                                 interpret=interpret)
 
-  def update(state: NVState, block: base.Block) -> NVState:
+  def update(state: combinators.RatioState,
+             block: base.Block) -> combinators.RatioState:
+    tv, sv = state
     x = block.x.astype(jnp.float32)
     b, tc = x.shape[:2]
-    if tc != state.sv.columns.offset.shape[0] or x.size >= 2**31:
+    if tc != sv.columns.offset.shape[0] or x.size >= 2**31:
       return xla_update(state, block)
     flat = x.reshape((b, tc, -1))
     w_b = block.mask.astype(jnp.float32)
@@ -186,10 +201,10 @@ def _fused_nv_update(statistic: str, ddof: int, xla_update):
     n = jnp.sum(w_b)
     unit = lambda v: v.reshape((tc,) + x.shape[2:])
     chunk = stats.moments_from_sums(n, unit(shift), unit(s1), unit(s2))
-    sv = _fold_columns(state.sv, chunk, block.t_index[0])
+    sv = _fold_columns(sv, chunk, block.t_index[0])
     mean = (tv_sum / jnp.maximum(n, 1)).reshape(x.shape[2:])
-    samples = stats.merge_mean(state.tv.samples, stats.RunningMean(n, mean))
-    return NVState(TVState(state.tv.orbit, samples), sv)
+    samples = stats.merge_mean(tv.samples, stats.RunningMean(n, mean))
+    return combinators.RatioState(TVState(tv.orbit, samples), sv)
 
   return update
 
@@ -197,41 +212,29 @@ def _fused_nv_update(statistic: str, ddof: int, xla_update):
 def _measure(name, kind, statistic, ddof, needs_inverse, zero_tolerance=0.0,
              implementation="xla") -> base.Measure:
   _check(statistic, ddof, zero_tolerance, implementation)
-  tv, sv = _tv_fns(statistic, ddof), _sv_fns(statistic, ddof)
   ratio = ({"zero_tolerance": float(zero_tolerance),
             "implementation": implementation} if kind == "nv" else {})
   settings = base.settings_tuple(statistic=statistic, ddof=ddof, **ratio)
-  if kind == "tv":
-    init, update, merge, fin = tv
-    finalize = lambda s: {"values": fin(s)}
-  elif kind == "sv":
-    init, update, merge, fin = sv
-    finalize = lambda s: {"values": fin(s)}
-  else:
-    def init(spec):
-      return NVState(tv[0](spec), sv[0](spec))
-
-    def update(state, block):
-      return NVState(tv[1](state.tv, block), sv[1](state.sv, block))
-    if implementation == "pallas":
-      update = _fused_nv_update(statistic, ddof, update)
-
-    def merge(a, b):
-      return NVState(tv[2](a.tv, b.tv), sv[2](a.sv, b.sv))
-
-    def finalize(state):
-      num, den = tv[3](state.tv), sv[3](state.sv)
-      return {"values": stats.safe_divide(num, den, zero_tolerance),
-              "numerator": num, "denominator": den}
   # A row statistic over ≤ ddof values has no degrees of freedom: TV would
   # be 0 ("invariant") and SV 0 (NV inf) whatever the network does.
   need = ddof + 1
   check = base.size_check(
       name, min_samples=need if kind != "tv" else 1,
       min_transformations=need if kind != "sv" else 1, why=f"ddof={ddof}")
-  return base.Measure(name=name, init=init, update=update, merge=merge,
-                      finalize=finalize, settings=settings,
-                      needs_inverse=needs_inverse, check=check)
+  common = dict(settings=settings, needs_inverse=needs_inverse, check=check)
+  tv, sv = _tv(statistic, ddof), _sv(statistic, ddof)
+  if kind == "tv":
+    return combinators.single(name, tv, **common)
+  if kind == "sv":
+    return combinators.single(name, sv, **common)
+  measure = combinators.ratio(
+      name, tv, sv,
+      divide=lambda num, den: stats.safe_divide(num, den, zero_tolerance),
+      **common)
+  if implementation == "pallas":
+    measure = measure._replace(
+        update=_fused_nv_update(statistic, ddof, measure.update))
+  return measure
 
 
 def transformation_variance(*, statistic: str = "variance",
