@@ -1,24 +1,26 @@
 """Representational similarity: CKA variants, streaming CKA and STIR.
 
-See `invjax._src.similarity` for the formulas and references (Kornblith et
-al. 2019; Song et al. 2012; Nguyen et al. 2021; Nanda et al. ICML 2022).
+See `invjax._src.cka` (closed-form CKA), `invjax._src.cka_streaming`
+(accumulators and `dataset_cka`) and `invjax._src.stir` for the formulas and
+references (Kornblith et al. 2019; Song et al. 2012; Nguyen et al. 2021;
+Nanda et al. ICML 2022).
 """
 
-from invjax._src.similarity import CKAAccumulator
-from invjax._src.similarity import InversionResult
-from invjax._src.similarity import LinearCKAState
-from invjax._src.similarity import MinibatchCKAState
-from invjax._src.similarity import StirResult
-from invjax._src.similarity import cka_accumulator
-from invjax._src.similarity import dataset_cka
-from invjax._src.similarity import hsic_unbiased
-from invjax._src.similarity import invert_representation
-from invjax._src.similarity import linear_cka
-from invjax._src.similarity import linear_cka_accumulator
-from invjax._src.similarity import minibatch_cka_accumulator
-from invjax._src.similarity import rbf_cka
-from invjax._src.similarity import stir
-from invjax._src.similarity import unbiased_cka
+from invjax._src.cka import hsic_unbiased
+from invjax._src.cka import linear_cka
+from invjax._src.cka import rbf_cka
+from invjax._src.cka import unbiased_cka
+from invjax._src.cka_streaming import CKAAccumulator
+from invjax._src.cka_streaming import LinearCKAState
+from invjax._src.cka_streaming import MinibatchCKAState
+from invjax._src.cka_streaming import cka_accumulator
+from invjax._src.cka_streaming import dataset_cka
+from invjax._src.cka_streaming import linear_cka_accumulator
+from invjax._src.cka_streaming import minibatch_cka_accumulator
+from invjax._src.stir import InversionResult
+from invjax._src.stir import StirResult
+from invjax._src.stir import invert_representation
+from invjax._src.stir import stir
 
 __all__ = (
     "CKAAccumulator",
