@@ -104,7 +104,9 @@ def test_memory_is_bounded_by_one_batch():
   one_tile = b * t * 2304 * 4
   assert stats.temp_size_in_bytes < 20 * one_tile
   assert stats.temp_size_in_bytes < all_activations / 50
-  assert stats.output_size_in_bytes < 4 * 4 * 2304 * 4
+  # The compiled step returns the states it carries between chunks: per
+  # layer at most one tile's worth (per-sample orbit moments), never O(N).
+  assert stats.output_size_in_bytes < one_tile
 
 
 def test_transform_chunk_bounds_memory():

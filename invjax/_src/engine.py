@@ -1,4 +1,4 @@
-"""`invjax.measure`: a whole network over a whole dataset as one XLA program.
+"""`invjax.measure`: a whole network over a dataset, streamed in chunks.
 
 The flow for one batch of B samples (everything inside one `jax.jit`):
 
@@ -7,20 +7,26 @@ The flow for one batch of B samples (everything inside one `jax.jit`):
       ── activations fn ──▶ {layer: (B, Tc, ...)}
       ── [inverse transform for same-equivariance] ──▶ measure.update
 
-`lax.scan` runs that over the N / B batches (and over transformation chunks of
-Tc when `transform_chunk` is set), so memory is bounded by one tile, not by N
-or T. The measures' states are mergeable statistics; on a `jax.sharding.Mesh`
-the samples of each batch are split over the ``"data"`` axis and XLA turns
-the per-batch reductions into collectives (GSPMD), so the program is the same
-on one CPU and on a pod slice.
+The data arrive as a stream: an (N, H, W, C) array is cut into chunks of K
+batches on the host (a `jax.Array` on the device is sliced in place), and
+any other batch source is read K batches at a time. One compiled step runs a
+`lax.scan` over a chunk's K batches (and over transformation chunks of Tc
+when `transform_chunk` is set) and carries the measures' states, donated,
+from one step to the next; small programs initialize, end a pass and
+finalize them. Memory is therefore bounded by one tile and two chunks of
+images, not by N or T. The measures' states are mergeable statistics; on a
+`jax.sharding.Mesh` the samples of each batch are split over the ``"data"``
+axis and XLA turns the per-batch reductions into collectives (GSPMD), so the
+program is the same on one CPU and on a pod slice.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 import warnings
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +43,19 @@ _CACHE: dict[Any, Any] = {}
 # callbacks on its own threads.
 _PROGRESS = types.SimpleNamespace(bar=None)
 
+# A chunk holds at most _MAX_CHUNK batches and, where B allows, about
+# _CHUNK_IMAGES images: enough to hide the per-step dispatch, small next to
+# the activations of one batch × T that the step holds anyway.
+_MAX_CHUNK = 8
+_CHUNK_IMAGES = 1024
+# Rows per slice when the host checks an in-memory array for NaN/inf: a
+# bounded temporary instead of a boolean copy of the whole dataset.
+_CHECK_ROWS = 4096
+
 
 def _check_images(images: Any) -> Any:
   shape = getattr(images, "shape", None)
-  if shape is None:
+  if shape is None or not isinstance(images, (np.ndarray, jax.Array)):
     images = np.asarray(images)
     shape = images.shape
   if len(shape) != 4:
@@ -55,9 +70,13 @@ def _check_images(images: Any) -> Any:
     raise ValueError(
         f"images must be floating point, got dtype {images.dtype}; convert "
         "them, e.g. images.astype(np.float32) / 255")
-  bad = (np.size(images) - np.count_nonzero(np.isfinite(images))
-         if isinstance(images, np.ndarray)
-         else int(jnp.size(images) - jnp.sum(jnp.isfinite(images))))
+  if isinstance(images, np.ndarray):
+    bad = sum(
+        int(np.size(part) - np.count_nonzero(np.isfinite(part)))
+        for part in (images[i:i + _CHECK_ROWS]
+                     for i in range(0, shape[0], _CHECK_ROWS)))
+  else:
+    bad = int(jnp.size(images) - jnp.sum(jnp.isfinite(images)))
   if bad:
     raise ValueError(f"images contain {bad} non-finite values (NaN or inf)")
   _warn_layout(images)
@@ -99,6 +118,23 @@ def _check_labels(labels: Any, n: int) -> np.ndarray:
   return labels
 
 
+def _class_index(labels: np.ndarray, classes: np.ndarray,
+                 where: str) -> np.ndarray:
+  """(M,) int32 positions of `labels` in the sorted `classes`.
+
+  Raises:
+    ValueError: naming the first label that is not one of `classes`.
+  """
+  index = np.searchsorted(classes, labels)
+  inside = index < len(classes)
+  inside[inside] = classes[index[inside]] == labels[inside]
+  if not inside.all():
+    raise ValueError(
+        f"label {labels[~inside][0]} {where} is not one of classes="
+        f"{classes.tolist()}")
+  return index.astype(np.int32)
+
+
 def _as_measures(measures: Any) -> tuple[list[base.Measure], bool]:
   if isinstance(measures, base.Measure):
     return [measures], True
@@ -125,14 +161,237 @@ def _check_transformations(ts: Any) -> int:
   return t
 
 
-def _pad_rows(a: np.ndarray, rows: int, fill_first: bool) -> np.ndarray:
-  """Pads axis 0 to `rows`, with copies of row 0 or zeros."""
-  extra = rows - a.shape[0]
-  if extra == 0:
-    return a
-  pad = (np.repeat(a[:1], extra, axis=0) if fill_first
-         else np.zeros((extra,) + a.shape[1:], a.dtype))
-  return np.concatenate([a, pad], axis=0)
+def _chunk_batches(b: int, num_batches: int | None) -> int:
+  """K, the batches per compiled step.
+
+  With the number of batches known, K is balanced so that the last chunk of
+  a pass pads fewer empty batches than there are chunks (not up to K − 1):
+  a dataset of 4 batches is one chunk of 4, one of 9 is two chunks of 5.
+  """
+  k = max(1, min(_MAX_CHUNK, _CHUNK_IMAGES // b))
+  if num_batches:
+    k = math.ceil(num_batches / math.ceil(num_batches / k))
+  return k
+
+
+class _Chunk(NamedTuple):
+  """K batches of B samples, read on the host, not yet on the device."""
+  images: Any                  # (K, B, H, W, C), NumPy or a jax.Array
+  mask: np.ndarray             # (K, B) bool: False for padding
+  labels: np.ndarray | None    # (K, B) int32 (class indices when stratified)
+  batches: int                 # batches holding a sample: progress counts
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _take_rows(images: jax.Array, start: jax.Array, k: int,
+               b: int) -> jax.Array:
+  """Rows start .. start + K·B of an on-device array as (K, B, H, W, C).
+
+  Rows past the end repeat the last one (the mask leaves them out); start is
+  traced, so one program serves every chunk.
+  """
+  rows = jnp.minimum(start + jnp.arange(k * b), images.shape[0] - 1)
+  return images[rows].reshape((k, b) + images.shape[1:])
+
+
+class _ArraySource:
+  """An (N, H, W, C) array read in chunks of K batches; N is known up front."""
+
+  one_shot = False
+
+  def __init__(self, images: Any, labels: np.ndarray | None, b: int):
+    self.images, self.labels, self.b = images, labels, b
+    self.n = int(images.shape[0])
+    self.num_batches = math.ceil(self.n / b)
+    self.k = _chunk_batches(b, self.num_batches)
+
+  def chunks(self, g: int) -> Iterator[_Chunk]:
+    del g  # every pass reads the same rows
+    k, b, n = self.k, self.b, self.n
+    size = k * b
+    for start in range(0, self.num_batches * b, size):
+      real = min(size, n - start)
+      mask = (np.arange(size) < real).reshape(k, b)
+      # Padding rows repeat the last sample: finite images, masked out.
+      rows = np.minimum(np.arange(start, start + size), n - 1)
+      if isinstance(self.images, jax.Array):
+        imgs = _take_rows(self.images, np.int32(start), k, b)
+      elif real == size:
+        imgs = self.images[start:start + size].reshape(
+            (k, b) + self.images.shape[1:])        # a view: no host copy
+      else:
+        imgs = np.asarray(self.images[rows]).reshape(
+            (k, b) + self.images.shape[1:])
+      labels = None if self.labels is None else self.labels[rows].reshape(k, b)
+      yield _Chunk(imgs, mask, labels, math.ceil(real / b))
+
+  def end_pass(self, g: int) -> None:
+    del g
+
+
+def _split_batch(item: Any) -> tuple[Any, Any]:
+  """(images, labels or None) of one item of a batch source."""
+  if isinstance(item, Mapping):
+    keys = [k for k in ("image", "images") if k in item]
+    if not keys:
+      raise ValueError(
+          "a batch given as a dict needs an 'image' or 'images' entry, got "
+          f"keys {sorted(item)}")
+    label_keys = [k for k in ("label", "labels") if k in item]
+    return item[keys[0]], item[label_keys[0]] if label_keys else None
+  if isinstance(item, (tuple, list)):
+    if len(item) != 2:
+      raise ValueError(
+          "a batch given as a tuple must be (images, labels), got "
+          f"{len(item)} entries")
+    return item[0], item[1]
+  return item, None
+
+
+class _StreamSource:
+  """A batch source read K batches at a time; N is counted as it goes by.
+
+  Every pass but the first calls ``iter(data)`` again. The sample count (and
+  the class sizes, stratified) of each pass is compared with the first's:
+  a source must yield the same samples every pass, in any order.
+  """
+
+  def __init__(self, data: Any, b: int, stratify: bool,
+               classes: np.ndarray | None):
+    self.data, self.b = data, b
+    # Only one iter() for the first pass: a loader may start workers.
+    self._first = iter(data)
+    self.one_shot = self._first is data
+    try:
+      first = next(self._first)
+    except StopIteration:
+      raise ValueError("images is empty: the batch source yielded no "
+                       "batch") from None
+    images, labels = _split_batch(first)
+    images = np.asarray(images)
+    if images.ndim != 4 or min(images.shape[1:], default=0) == 0:
+      raise ValueError(
+          "each batch must be (B, H, W, C) images (rank 4), got shape "
+          f"{images.shape}")
+    if not np.issubdtype(images.dtype, np.floating):
+      raise ValueError(
+          f"images must be floating point, got dtype {images.dtype}; convert "
+          "them, e.g. images.astype(np.float32) / 255")
+    self.hwc, self.dtype = images.shape[1:], images.dtype
+    self.has_labels = labels is not None
+    self.stratify, self.classes = stratify, classes
+    self._pending = first
+    _warn_layout(images)
+    length = getattr(data, "__len__", None)
+    self.num_batches = None
+    if length is not None and not self.one_shot:
+      try:
+        self.num_batches = int(length()) or None
+      except TypeError:   # e.g. a tf.data wrapper of unknown cardinality
+        pass
+    self.k = _chunk_batches(b, self.num_batches)
+    self.n = None                       # samples, known after pass 0
+    self.sizes = None                   # (classes,) samples per class
+    self._seen = {}                     # per pass: (batches, n, sizes)
+
+  def _batches(self, g: int) -> Iterator[tuple[int, Any]]:
+    if g == 0:
+      it, pending = self._first, self._pending
+      self._first = self._pending = None
+      yield 0, pending
+      start = 1
+    else:
+      it, start = iter(self.data), 0
+    for i, item in enumerate(it, start):
+      yield i, item
+
+  def _read(self, i: int, item: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    images, labels = _split_batch(item)
+    images = np.asarray(images)
+    where = f"of batch {i}"
+    if images.ndim != 4 or images.shape[1:] != self.hwc:
+      raise ValueError(
+          f"batch {i} has images of shape {images.shape}; every batch must "
+          f"be (B, {', '.join(map(str, self.hwc))}) like the first")
+    if images.shape[0] > self.b:
+      raise ValueError(
+          f"batch {i} holds {images.shape[0]} samples, more than batch_size="
+          f"{self.b}: a source must yield batches of at most batch_size")
+    if not np.issubdtype(images.dtype, np.floating):
+      raise ValueError(f"batch {i}: images must be floating point, got dtype "
+                       f"{images.dtype}")
+    bad = int(images.size - np.count_nonzero(np.isfinite(images)))
+    if bad:
+      raise ValueError(
+          f"batch {i}: images contain {bad} non-finite values (NaN or inf)")
+    if (labels is None) != (not self.has_labels):
+      raise ValueError(
+          f"batch {i} {'has no' if labels is None else 'has'} labels, unlike "
+          "the first batch: yield (images, labels) every time or never")
+    if labels is not None:
+      labels = np.asarray(labels)
+      if labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"batch {i}: labels must have shape (B,) = ({images.shape[0]},), "
+            f"got {labels.shape}")
+      if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"batch {i}: labels must be integers, got dtype {labels.dtype}")
+      labels = (_class_index(labels, self.classes, where) if self.stratify
+                else labels.astype(np.int32))
+    return images, labels
+
+  def chunks(self, g: int) -> Iterator[_Chunk]:
+    k, b = self.k, self.b
+    n, batches = 0, 0
+    sizes = np.zeros(len(self.classes) if self.stratify else 0, np.int64)
+
+    def empty():
+      # A fresh buffer each chunk: the device may still be reading the last
+      # one (on CPU, device_put may even alias it).
+      return (np.zeros((k, b) + self.hwc, self.dtype),
+              np.zeros((k, b), bool),
+              np.zeros((k, b), np.int32) if self.has_labels else None)
+
+    imgs, mask, labels = empty()
+    slot = 0
+    for i, item in self._batches(g):
+      x, y = self._read(i, item)
+      m = x.shape[0]
+      if m == 0:
+        continue
+      imgs[slot, :m] = x
+      imgs[slot, m:] = x[0]         # finite padding, masked out
+      mask[slot, :m] = True
+      if y is not None:
+        labels[slot, :m] = y
+        if self.stratify:
+          sizes += np.bincount(y, minlength=len(sizes))
+      n += m
+      batches += 1
+      slot += 1
+      if slot == k:
+        yield _Chunk(imgs, mask, labels, k)
+        imgs, mask, labels = empty()
+        slot = 0
+    if slot:
+      imgs[slot:] = imgs[0, 0]
+      yield _Chunk(imgs, mask, labels, slot)
+    self._seen[g] = (batches, n, sizes)
+
+  def end_pass(self, g: int) -> None:
+    batches, n, sizes = self._seen[g]
+    if g == 0:
+      if n == 0:
+        raise ValueError("images is empty: the batch source yielded no "
+                         "samples (N = 0)")
+      self.n, self.sizes, self.num_batches = n, sizes, batches
+      return
+    if n != self.n or not np.array_equal(sizes, self.sizes):
+      raise ValueError(
+          f"the batch source yielded {n} samples in pass {g + 1} but "
+          f"{self.n} in pass 1: a multi-pass measure needs the same samples "
+          "every pass (any order); check that iter(data) starts over")
 
 
 def _row_major(x: jax.Array) -> jax.Array:
@@ -149,9 +408,9 @@ def _row_major(x: jax.Array) -> jax.Array:
   return jax.lax.platform_dependent(x, cuda=pin, default=lambda x: x)
 
 
-def _progress_tick(batch_index) -> None:
+def _progress_tick(batch_index, real) -> None:
   bar = _PROGRESS.bar
-  if bar is not None:
+  if bar is not None and real:
     # Callbacks may arrive out of order or once per device: move to the
     # furthest batch seen, never double count.
     done = int(batch_index) + 1
@@ -160,30 +419,40 @@ def _progress_tick(batch_index) -> None:
 
 
 class _Plan:
-  """Everything static about one compiled measure program."""
+  """Everything static about one set of compiled measure programs."""
 
   def __init__(self, acts, ts, measures, layers, specs, spatial, b, tc, nc,
                input_hw, num_classes, mesh, progress, need_identity,
-               num_batches, has_labels):
+               has_labels):
     self.acts, self.ts, self.measures = acts, ts, measures
     self.layers, self.specs, self.spatial = layers, specs, spatial
     self.b, self.tc, self.nc = b, tc, nc
     self.input_hw, self.num_classes = input_hw, num_classes
     self.mesh, self.progress = mesh, progress
     self.need_identity = need_identity
-    self.num_batches, self.has_labels = num_batches, has_labels
+    self.has_labels = has_labels
+    self.num_passes = max(m.num_passes for m in measures)
 
   def layers_for(self, m: base.Measure) -> list[str]:
     return [l for l in self.layers if self.spatial[l] or not m.needs_inverse]
 
 
 def _build_program(plan: _Plan):
-  """Returns program(params, images, mask, labels, tparams, tmask) -> outputs."""
+  """The pure functions of a measure run, to be jitted by `_Programs`.
+
+  Returns a namespace of ``init() -> (states, counts)``; ``step(g)``, the
+  function of one chunk in global pass g, ``(params, states, counts, images
+  (K, B, H, W, C), mask (K, B), labels (K, B) | None, tparams, tmask,
+  start) -> (states, counts, samples)`` (start: the index of the chunk's
+  first batch, for the progress bar; samples: a small output to wait on);
+  ``end_pass(g)``, ``states -> states``; ``has_end_pass(g)``; and
+  ``finalize(states) -> [{layer: outputs}]``.
+  """
   acts, action, measures = plan.acts, plan.ts.action, plan.measures
   b, tc, nc, k = plan.b, plan.tc, plan.nc, plan.num_classes
   layers = plan.layers
   any_inverse = any(m.needs_inverse for m in measures)
-  max_passes = max(m.num_passes for m in measures)
+  max_passes = plan.num_passes
 
   def constrain(x):
     if plan.mesh is None:
@@ -333,7 +602,8 @@ def _build_program(plan: _Plan):
       if last_sweep:
         counts = count_excluded(counts, mask, kept, labels)
     if plan.progress:
-      jax.debug.callback(_progress_tick, bidx + g * plan.num_batches)
+      # Padding batches (past the source's end) hold no sample: no tick.
+      jax.debug.callback(_progress_tick, bidx, jnp.any(mask))
     return states, counts
 
   def end_pass(m, state, g):
@@ -344,45 +614,171 @@ def _build_program(plan: _Plan):
       return jax.vmap(lambda s: m.end_pass(s, p))(state)
     return m.end_pass(state, p)
 
-  def program(params, images, mask, labels, tparams, tmask):
+  def init_program():
     states = [init_state(m) for m in measures]
     counts = {l: jnp.zeros((max(k, 1),), jnp.int32) for l in layers}
-    nb = images.shape[0]
-    lab = labels if labels is not None else jnp.zeros(mask.shape, jnp.int32)
-    for g in range(max_passes):
-      def body(carry, inputs, g=g):
+    return states, counts
+
+  def step(g):
+    def step_program(params, states, counts, images, mask, labels, tparams,
+                     tmask, start):
+      lab = labels if labels is not None else jnp.zeros(mask.shape, jnp.int32)
+      index = start + jnp.arange(mask.shape[0], dtype=jnp.int32)   # (K,)
+
+      def body(carry, inputs):
         return batch_step(params, carry, inputs, tparams, tmask, g), None
+
       (states, counts), _ = jax.lax.scan(
-          body, (states, counts), (images, mask, lab, jnp.arange(nb)))
-      states = [{l: end_pass(m, s, g) for l, s in st.items()}
-                for m, st in zip(measures, states)]
+          body, (states, counts), (images, mask, lab, index))
+      # The states are donated to the next step, so the host cannot wait on
+      # them; this count is ready when the step is.
+      return states, counts, jnp.sum(mask, dtype=jnp.int32)
+    return step_program
+
+  def has_end_pass(g):
+    return any(m.end_pass is not None and local_pass(m, g) is not None
+               for m in measures)
+
+  def end_all(g):
+    def end_pass_program(states):
+      return [{l: end_pass(m, s, g) for l, s in st.items()}
+              for m, st in zip(measures, states)]
+    return end_pass_program
+
+  def finalize_program(states):
     finalize = lambda m, s: jax.vmap(m.finalize)(s) if k else m.finalize(s)
     return [{l: dict(finalize(m, s)) for l, s in st.items()}
-            for m, st in zip(measures, states)], counts
+            for m, st in zip(measures, states)]
 
-  return program
+  return types.SimpleNamespace(init=init_program, step=step,
+                               end_pass=end_all, has_end_pass=has_end_pass,
+                               finalize=finalize_program)
+
+
+class _Programs:
+  """The jitted programs of one plan: init, a step per pass, end, finalize.
+
+  Each step donates the states and counts it carries, so they are updated
+  in place and never exist twice on the device.
+  """
+
+  def __init__(self, plan: _Plan):
+    self._fns = _build_program(plan)
+    self._steps, self._ends = {}, {}
+    self._mesh = mesh = plan.mesh
+    if mesh is None:
+      self._jit = jax.jit
+      self.rep = self.chunk = self.mask = None
+    else:
+      rep = NamedSharding(mesh, P())
+      self.rep = rep
+      self.chunk = NamedSharding(mesh, P(None, "data", None, None, None))
+      self.mask = NamedSharding(mesh, P(None, "data"))
+      self._jit = functools.partial(jax.jit, out_shardings=rep)
+    self._has_labels = plan.has_labels
+    self.init = self._jit(self._fns.init)
+    self.finalize = (jax.jit(self._fns.finalize) if mesh is None else
+                     jax.jit(self._fns.finalize, in_shardings=(self.rep,),
+                             out_shardings=self.rep))
+
+  def step(self, g: int):
+    fn = self._steps.get(g)
+    if fn is None:
+      kwargs = {}
+      if self._mesh is not None:
+        rep = self.rep
+        kwargs["in_shardings"] = (
+            rep, rep, rep, self.chunk, self.mask,
+            self.mask if self._has_labels else None, rep, rep, rep)
+      fn = self._steps[g] = self._jit(self._fns.step(g), donate_argnums=(1, 2),
+                                      **kwargs)
+    return fn
+
+  def end_pass(self, g: int):
+    """The end of global pass g, or None where no measure has one."""
+    if not self._fns.has_end_pass(g):
+      return None
+    fn = self._ends.get(g)
+    if fn is None:
+      fn = self._ends[g] = self._jit(self._fns.end_pass(g), donate_argnums=0)
+    return fn
+
+
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+  """Pads axis 0 to `rows` with copies of row 0."""
+  extra = rows - a.shape[0]
+  if extra == 0:
+    return a
+  return np.concatenate([a, np.repeat(a[:1], extra, axis=0)], axis=0)
+
+
+def _is_array(data: Any) -> bool:
+  """An (N, H, W, C) array (anything with a shape), not a batch source."""
+  return hasattr(data, "shape") or not hasattr(data, "__iter__")
+
+
+def _size_checks(measures: list[base.Measure], num_t: int, n: int,
+                 classes: np.ndarray | None,
+                 sizes: np.ndarray | None) -> list[dict[int, str]]:
+  """Runs `Measure.check` on the data, or on each class of a stratified run.
+
+  Returns, per measure, {class: why} of the classes left out of the class
+  average (too small, or without a sample).
+
+  Raises:
+    ValueError: unstratified, from the check; stratified, when no class
+      can be measured.
+  """
+  excluded = [{} for _ in measures]
+  if classes is None:
+    for m in measures:
+      if m.check is not None:
+        m.check(n, num_t)
+    return excluded
+  for m, out in zip(measures, excluded):
+    for label, size in zip(classes, sizes):
+      try:
+        if size == 0:
+          raise ValueError("no sample of this class in the data")
+        if m.check is not None:
+          m.check(int(size), num_t)
+      except ValueError as e:
+        out[int(label)] = f"{int(size)} samples: {e}"
+    if len(out) == len(classes):
+      raise ValueError(f"stratify=True: no class can be measured: "
+                       f"{'; '.join(f'class {c}, {w}' for c, w in out.items())}")
+  return excluded
 
 
 def _prepare(activations, images, transformations, measures, *, batch_size,
-             labels, stratify, layers, transform_chunk, mesh, progress):
-  """Validates inputs and returns (jitted program, its arguments, context)."""
+             labels, stratify, layers, transform_chunk, mesh, progress,
+             classes=None):
+  """Validates inputs and builds (or fetches) the compiled programs.
+
+  Returns:
+    (step, args, context): the jitted step of the last pass (the sweep every
+    measure shares) with abstract arguments for one chunk, for lowering and
+    memory analysis (`step.lower(*args).compile()`), and everything
+    `measure` needs to run: the programs, the data source, the plan.
+  """
   acts = capture.as_activations(activations)
-  images = _check_images(images)
   num_t = _check_transformations(transformations)
   measures, single = _as_measures(measures)
   if (not isinstance(batch_size, (int, np.integer)) or
       isinstance(batch_size, bool) or batch_size <= 0):
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-  n, h, w, c = (int(s) for s in images.shape)
-  if labels is not None:
-    labels = _check_labels(labels, n)
-  if stratify and labels is None:
-    raise ValueError("stratify=True needs labels")
   tc = num_t if transform_chunk is None else transform_chunk
   if not isinstance(tc, (int, np.integer)) or tc <= 0:
     raise ValueError(f"transform_chunk must be a positive int, got {tc!r}")
   tc = min(int(tc), num_t)
   nc = math.ceil(num_t / tc)
+  if classes is not None:
+    classes = np.unique(np.asarray(classes))
+    if classes.ndim != 1 or not np.issubdtype(classes.dtype, np.integer):
+      raise ValueError(f"classes must be a list of integer labels, got "
+                       f"{classes!r}")
+    if not stratify:
+      raise ValueError("classes= is for stratify=True")
 
   devices = 1
   if mesh is not None:
@@ -401,12 +797,59 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
     # Auto axes; `jax.make_mesh` may default to Explicit ones.
     mesh = Mesh(mesh.devices, mesh.axis_names,
                 axis_types=(AxisType.Auto,) * len(mesh.axis_names))
-  b = min(int(batch_size), n)
-  b = math.ceil(b / devices) * devices
-  nb = math.ceil(n / b)
+  # B rounds up to whole devices; a source's batches may be shorter.
+  per_device = lambda b: math.ceil(b / devices) * devices
+
+  excluded = None                       # streams: known after pass 0
+  if _is_array(images):
+    images = _check_images(images)
+    n, h, w, c = (int(s) for s in images.shape)
+    dtype = images.dtype
+    if labels is not None:
+      labels = _check_labels(labels, n)
+    if stratify and labels is None:
+      raise ValueError("stratify=True needs labels")
+    sizes = None
+    if stratify:
+      if classes is None:
+        classes, labels = np.unique(labels, return_inverse=True)
+      else:
+        labels = _class_index(labels, classes, "in labels")
+      labels = labels.astype(np.int32)
+      sizes = np.bincount(labels, minlength=len(classes))
+    elif labels is not None:
+      labels = labels.astype(np.int32)
+    excluded = _size_checks(measures, num_t, n, classes if stratify else None,
+                            sizes)
+    b = per_device(min(int(batch_size), n))
+    source = _ArraySource(images, labels, b)
+  else:
+    if labels is not None:
+      raise ValueError(
+          "labels= goes with an (N, H, W, C) array; a batch source yields "
+          "(images, labels) batches instead")
+    if stratify and classes is None:
+      raise ValueError(
+          "stratify=True with a batch source needs classes=[...], the labels "
+          "to measure (the classes must be known before the first batch)")
+    b = per_device(int(batch_size))
+    source = _StreamSource(images, b, stratify, classes)
+    if stratify and not source.has_labels:
+      raise ValueError("stratify=True needs labels: yield (images, labels) "
+                       "batches")
+    h, w, c = source.hwc
+    dtype = source.dtype
+    n = None
+  multi = [m.name for m in measures if m.num_passes > 1]
+  if source.one_shot and multi:
+    raise ValueError(
+        f"{', '.join(multi)} reads the data {max(m.num_passes for m in measures)}"
+        " times, but images is a one-shot iterator (iter(data) is data, e.g. "
+        "a generator): pass a re-iterable source whose iter() starts over "
+        "(a list of batches, an object with __iter__, a loader)")
 
   # Layer shapes from one abstract evaluation of the model.
-  probe = jax.ShapeDtypeStruct((b * tc, h, w, c), images.dtype)
+  probe = jax.ShapeDtypeStruct((b * tc, h, w, c), dtype)
   shapes = jax.eval_shape(acts.apply, acts.params, probe)
   if not shapes:
     raise ValueError("the activations function returned no activations")
@@ -434,111 +877,150 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
               "skipped: same-equivariance needs spatial feature maps "
               f"(B, h, w, c); this layer has shape {specs[l].shape}")
 
-  classes = None
-  excluded = [{} for _ in measures]     # per measure: {class: why}
-  if stratify:
-    classes, class_index = np.unique(labels, return_inverse=True)
-    labels = class_index.astype(np.int32)
-    sizes = np.bincount(class_index, minlength=len(classes))
-    for m, out in zip(measures, excluded):
-      for label, size in zip(classes, sizes):
-        try:
-          if m.check is not None:
-            m.check(int(size), num_t)
-        except ValueError as e:
-          out[int(label)] = f"{int(size)} samples: {e}"
-      if len(out) == len(classes):
-        raise ValueError(f"stratify=True: no class can be measured: "
-                         f"{'; '.join(f'class {c}, {w}' for c, w in out.items())}")
-  else:
-    for m in measures:
-      if m.check is not None:
-        m.check(n, num_t)
-    if labels is not None:
-      labels = labels.astype(np.int32)
-
-  # Batches: (nb, B, ...) with padding rows masked out, never dropped.
-  host = np.asarray(images) if not isinstance(images, jax.Array) else None
-  mask = np.arange(nb * b) < n
-  if host is not None:
-    imgs = _pad_rows(host, nb * b, fill_first=True).reshape(nb, b, h, w, c)
-  else:
-    pad = nb * b - n
-    imgs = jnp.concatenate([images, jnp.repeat(images[:1], pad, 0)]) if pad \
-        else images
-    imgs = imgs.reshape(nb, b, h, w, c)
-  lab = None if labels is None else _pad_rows(labels, nb * b, False).reshape(
-      nb, b)
-  tparams = _pad_rows(np.asarray(transformations.parameters), nc * tc, True)
+  tparams = _pad_rows(np.asarray(transformations.parameters), nc * tc)
   tmask = np.arange(nc * tc) < num_t
   tparams = tparams.reshape((nc, tc) + tparams.shape[1:])
   tmask = tmask.reshape(nc, tc)
 
+  has_labels = (labels is not None if isinstance(source, _ArraySource)
+                else source.has_labels)
+  num_classes = len(classes) if stratify else 0
   plan = _Plan(acts, transformations, measures, names, specs, spatial, b, tc,
-               nc, (h, w), 0 if classes is None else len(classes), mesh,
-               bool(progress), any(m.needs_identity for m in measures), nb,
-               labels is not None)
-  # Everything the traced program closes over: a new image or layer shape
-  # must build a new plan, not retrace the old one.
+               nc, (h, w), num_classes, mesh, bool(progress),
+               any(m.needs_identity for m in measures), has_labels)
+  # Everything the traced programs close over: a new image or layer shape
+  # must build new programs, not retrace the old ones.
   key = (acts.key, transformations.action, tuple(m.key for m in measures),
          tuple((l, specs[l].shape, str(specs[l].dtype)) for l in names),
-         (h, w, c), str(images.dtype), num_t, b, tc, nc,
-         nb if progress else None, plan.num_classes, mesh, plan.progress,
-         labels is not None)
-  fn = _CACHE.get(key)
-  if fn is None:
-    program = _build_program(plan)
-    if mesh is None:
-      fn = jax.jit(program)
-    else:
-      rep = NamedSharding(mesh, P())
-      data = lambda nd: NamedSharding(mesh, P(None, "data", *([None] * nd)))
-      fn = jax.jit(program,
-                   in_shardings=(rep, data(3), data(0),
-                                 None if lab is None else data(0), rep, rep),
-                   out_shardings=rep)
-    _CACHE[key] = fn
-  args = (acts.params, imgs, mask.reshape(nb, b), lab, tparams, tmask)
+         (h, w, c), str(dtype), num_t, b, tc, nc, num_classes, mesh,
+         plan.progress, has_labels)
+  programs = _CACHE.get(key)
+  if programs is None:
+    programs = _CACHE[key] = _Programs(plan)
+
+  k = source.k
+  abstract = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)
+  states = jax.eval_shape(programs.init)
+  args = (acts.params, states[0], states[1],
+          abstract((k, b, h, w, c), dtype), abstract((k, b), bool),
+          abstract((k, b), np.int32) if has_labels else None,
+          tparams, tmask, abstract((), np.int32))
   context = dict(single=single, measures=measures, names=names, notes=notes,
-                 classes=classes, n=n, b=b, tc=tc, nb=nb, num_t=num_t,
-                 excluded=excluded)
-  return fn, args, context
+                 classes=classes if stratify else None, n=n, b=b, tc=tc,
+                 num_t=num_t, excluded=excluded, source=source,
+                 programs=programs, plan=plan, tparams=tparams, tmask=tmask)
+  return programs.step(plan.num_passes - 1), args, context
+
+
+def _run(ctx: dict[str, Any]) -> tuple[list[Any], dict[str, np.ndarray]]:
+  """Streams the source through the programs; returns (outputs, counts).
+
+  Two chunks at most are on the device: the one a step is computing and the
+  next, copied while it computes. The host waits for the step before the
+  one it has just dispatched, never that one, so the device always has a
+  step queued; without the wait an in-memory source would be queued onto
+  the device whole.
+  """
+  programs, source, plan = ctx["programs"], ctx["source"], ctx["plan"]
+  put = lambda x, sharding: None if x is None else jax.device_put(x, sharding)
+  params = jax.device_put(plan.acts.params, programs.rep)
+  tparams = put(ctx["tparams"], programs.rep)
+  tmask = put(ctx["tmask"], programs.rep)
+  states, counts = programs.init()
+  done = 0                               # batches so far, over every pass
+  for g in range(plan.num_passes):
+    step = programs.step(g)
+    chunks = source.chunks(g)
+    waiting = None
+    for chunk in chunks:
+      images = put(chunk.images, programs.chunk)
+      mask = put(chunk.mask, programs.mask)
+      labels = put(chunk.labels, programs.mask)
+      states, counts, samples = step(params, states, counts, images, mask,
+                                     labels, tparams, tmask, np.int32(done))
+      done += chunk.batches
+      if waiting is not None:
+        waiting.block_until_ready()
+      waiting = samples
+    source.end_pass(g)
+    if g == 0 and ctx["excluded"] is None:
+      ctx["n"] = source.n
+      ctx["excluded"] = _size_checks(
+          ctx["measures"], ctx["num_t"], source.n, ctx["classes"],
+          source.sizes)
+      bar = _PROGRESS.bar
+      if bar is not None and bar.total is None:
+        bar.total = source.num_batches * plan.num_passes
+        bar.refresh()
+    end = programs.end_pass(g)
+    if end is not None:
+      states = end(states)
+  return jax.device_get((programs.finalize(states), counts))
 
 
 def measure(activations: Any, images: Any, transformations: Any,
             measures: base.Measure | Sequence[base.Measure], *,
             batch_size: int = 64, labels: Any = None, stratify: bool = False,
+            classes: Sequence[int] | None = None,
             layers: Any = None, transform_chunk: int | None = None,
             mesh: Mesh | None = None, progress: bool = False):
-  """Measures every tapped layer of a network over a dataset, in one program.
+  """Measures every tapped layer of a network over a dataset, streamed.
 
   Args:
     activations: an `invjax.capture` Activations (from `capture.linen`,
       `capture.nnx`) or any callable ``images (B,H,W,C) -> {layer: (B, ...)}``.
-    images: (N, H, W, C) floating-point images (NumPy or JAX).
+    images: the data, in one of two forms:
+
+      * an (N, H, W, C) floating-point array (NumPy, a memory map, or a
+        `jax.Array`, which is sliced where it lies);
+      * a batch source: an iterable yielding batches of at most
+        ``batch_size`` samples, each ``images`` (B, H, W, C), a tuple
+        ``(images, labels)`` or a dict with ``"image"`` (and ``"label"``)
+        entries; a list of arrays, a grain loader, a tf.data wrapper, any
+        object whose ``__iter__`` starts over. Short batches are fine
+        anywhere (they are padded and masked). A one-shot iterator
+        (``iter(x) is x``: a generator, ``iter(list)``) can be read once, so
+        it only serves measures of one pass: with a multi-pass one
+        (`measures.goodfellow`) it is a ValueError. Every pass must yield
+        the same samples (in any order); their number is counted on the
+        host as the first pass goes by.
     transformations: an `invjax.transforms` TransformationSet of T elements.
     measures: one `Measure` or a list of them, computed together in one pass.
     batch_size: samples per step; memory is bounded by one batch × T (or ×
       ``transform_chunk``). A last partial batch is padded and masked.
-    labels: optional (N,) integer labels (needed for ``stratify``).
+    labels: optional (N,) integer labels of an array (a batch source yields
+      its own).
     stratify: compute every measure per class, in the same pass, and return
       per-class results (``result.per_class``) plus their elementwise mean.
+    classes: the labels to stratify by. Required with a batch source (its
+      classes must be known before the first batch; a label outside them is
+      a ValueError when its batch is read); for an array, default: those in
+      ``labels``. A listed class without samples is left out of the class
+      average, with a note.
     layers: optional layer filter (names, a name, or a predicate).
     transform_chunk: process the transformations Tc at a time (bounds memory
       when T is large); results equal the unchunked ones to float32
       round-off (the sums run in another order: ~1e-5 relative at T = 360).
     mesh: a `jax.sharding.Mesh` with a ``"data"`` axis: the samples of each
       batch are sharded over it and statistics are reduced by collectives.
-    progress: show a tqdm bar that advances per batch while the program runs.
+    progress: show a tqdm bar that advances per batch while the step runs.
 
   Returns:
     A `MeasureResult` (or a list, one per measure when a list was given).
 
   Raises:
-    ValueError: on malformed inputs, complex activations, or a dataset too
-      small for a measure's statistics (`Measure.check`: e.g. ddof ≥ T or
-      ddof ≥ N for the variance family). In a stratified run a class too
-      small is left out of the class average instead, with a note.
+    ValueError: on malformed inputs or batches, complex activations, or a
+      dataset too small for a measure's statistics (`Measure.check`: e.g.
+      ddof ≥ T or ddof ≥ N for the variance family). In a stratified run a
+      class too small is left out of the class average instead, with a
+      note. For a batch source, N and the class sizes are known once the
+      first pass is over, so the checks run then.
+
+  Memory: the data reach the device K batches at a time (K ≤ 8, about 1024
+  images): one chunk is computed while the next is copied, and the
+  measures' states are updated in place (donated), so the device holds one
+  tile of activations, two chunks of images and the states, whatever N.
+  An array is never copied whole, on the host or to the device.
 
   A sample whose activations in a layer hold a NaN or inf (in any of its
   transformations, or untransformed) is left out of that layer's statistics
@@ -546,17 +1028,19 @@ def measure(activations: Any, images: Any, transformations: Any,
   RuntimeWarning; the other samples' statistics are what they would be
   without it.
   """
-  fn, args, ctx = _prepare(
+  _, _, ctx = _prepare(
       activations, images, transformations, measures, batch_size=batch_size,
       labels=labels, stratify=stratify, layers=layers,
-      transform_chunk=transform_chunk, mesh=mesh, progress=progress)
+      transform_chunk=transform_chunk, mesh=mesh, progress=progress,
+      classes=classes)
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-    passes = max(m.num_passes for m in ctx["measures"])
-    _PROGRESS.bar = tqdm(total=ctx["nb"] * passes, unit="batch",
-                         desc="invjax.measure")
+    known = ctx["source"].num_batches
+    _PROGRESS.bar = tqdm(
+        total=known * ctx["plan"].num_passes if known else None, unit="batch",
+        desc="invjax.measure")
   try:
-    outputs, counts = jax.device_get(fn(*args))
+    outputs, counts = _run(ctx)
   finally:
     bar = _PROGRESS.bar
     if bar is not None:
