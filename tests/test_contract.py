@@ -1,0 +1,271 @@
+"""The promises every measure factory of `invjax.measures` keeps.
+
+Parametrized over every public function of `invjax.measures` that returns a
+`Measure` when called with its defaults (found by enumerating the module, so a
+new factory is covered without editing this file), plus a few settings that
+take other code paths (multi-pass Goodfellow, G-EED's identity reference and
+pairwise normalization). On a small random (B, T, h, w, c) block:
+
+(a) merging the states of two halves of the data equals the whole, to float32
+    round-off (multi-pass measures merge after each pass, as the engine does);
+(b) the block call is jit-able (the comparison in (a) runs under `jax.jit`);
+(c) a second `invjax.measure` call does not recompile;
+(d) the block value is differentiable (finite gradients) where the docs say
+    so, including at invariant and constant units;
+(e) a bad setting is a ValueError.
+"""
+
+import inspect
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import invjax
+from invjax import measures as ms
+from invjax import transforms as tr
+from invjax._src import base
+
+# Public callables of `invjax.measures` that need arguments and are not
+# streamed measure factories (each takes a network or numbers, not settings).
+NOT_FACTORIES = {
+    "aligned_saliency": "saliency maps of a network (apply_fn, params)",
+    "layerwise_lie_derivative": "Lie derivative of a list of layers",
+    "lie_derivative": "Lie derivative of a network function",
+    "linen_sequential_layers": "splits a Linen model into layers",
+    "safe_divide": "the division rule, not a measure",
+    "saliency_invariance": "needs the network's input gradients",
+    "saliency_invariance_dataset": "needs the network's input gradients",
+}
+
+
+def _factories() -> dict:
+  found = {}
+  for name in ms.__all__:
+    fn = getattr(ms, name)
+    if not inspect.isfunction(fn) or name in NOT_FACTORIES:
+      continue
+    params = inspect.signature(fn).parameters.values()
+    if any(p.default is inspect.Parameter.empty for p in params):
+      raise AssertionError(
+          f"invjax.measures.{name} needs arguments: list it in NOT_FACTORIES "
+          "or give its settings defaults")
+    found[name] = fn
+  return found
+
+
+FACTORIES = _factories()
+
+# Settings that take other code paths than the defaults.
+VARIANTS = [
+    ("goodfellow", {"threshold": "quantile"}),
+    ("goodfellow", {"conditional": True}),
+    ("geed", {"reference": "identity"}),
+    ("geed", {"normalize": "pairwise"}),
+    ("geed", {"distance": "euclidean"}),
+    ("geed", {"distance": "kl"}),
+    ("normalized_variance", {"statistic": "std"}),
+]
+
+CASES = [(name, {}) for name in sorted(FACTORIES)] + VARIANTS
+
+
+def _id(case) -> str:
+  name, kw = case
+  return name + "".join(f"-{k}={v}" for k, v in kw.items())
+
+
+def _aliases() -> dict:
+  """{case id: id of the case with the same `Measure.key` tested instead}."""
+  measures = {_id(c): FACTORIES[c[0]](**c[1]) for c in CASES}
+  # The case named like its measure (normalized_distance, not
+  # distance_invariance) is the original.
+  order = sorted(measures, key=lambda i: measures[i].name != i)
+  first, aliases = {}, {}
+  for i in order:
+    key = measures[i].key
+    if key in first:
+      aliases[i] = first[key]
+    first.setdefault(key, i)
+  return aliases
+
+
+# An alias (e.g. distance_invariance = normalized_distance) computes what its
+# original does (equal `Measure.key`), so (a) runs on the original only.
+ALIASES = _aliases()
+
+
+# The docs promise gradients for these (variance family: `objectives.nv_penalty`
+# trains with them; G-EED, predictive and logit invariance: differentiable
+# orbit statistics; the distances: safe_sqrt at 0, ND's graph holding TD's
+# and SD's). The *_same_equivariance forms run the same block maths (their
+# needs_inverse only tells the engine), so their plain forms stand for them.
+DIFFERENTIABLE = {
+    "transformation_variance", "sample_variance", "normalized_variance",
+    "geed", "predictive_invariance", "logit_invariance",
+    "normalized_distance",
+}
+
+# One bad setting per factory that takes settings.
+BAD_SETTINGS = {
+    "anova": {"alpha": 1.5},
+    "distance_invariance": {"window": 0},
+    "distance_same_equivariance": {"normalize": 1},
+    "geed": {"distance": "l1"},
+    "goodfellow": {"threshold": "max"},
+    "normalized_distance": {"window": 2.5},
+    "normalized_variance": {"zero_tolerance": -1.0},
+    "normalized_variance_same_equivariance": {"implementation": "cuda"},
+    "sample_distance": {"window": -1},
+    "sample_variance": {"statistic": "median"},
+    "sample_variance_same_equivariance": {"ddof": -1},
+    "transformation_distance": {"normalize": "yes"},
+    "transformation_variance": {"ddof": True},
+    "transformation_variance_same_equivariance": {"statistic": "mad"},
+}
+
+B, T, SHAPE = 8, 4, (3, 3, 2)
+
+
+def _data():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(B, T) + SHAPE).astype(np.float32)
+  x[:, :, 0, 0, 0] = x[:, :1, 0, 0, 0]     # a unit invariant along orbits
+  x[:, :, 0, 0, 1] = 0.0                   # a constant unit
+  ident = rng.normal(size=(B,) + SHAPE).astype(np.float32)
+  return jnp.asarray(x), jnp.asarray(ident)
+
+
+def _block(x, ident, pass_index):
+  b, t = x.shape[:2]
+  return base.Block(x=x, mask=jnp.ones((b,), bool),
+                    t_index=jnp.arange(t, dtype=jnp.int32),
+                    t_mask=jnp.ones((t,), bool), first=jnp.array(True),
+                    last=jnp.array(True), identity=ident,
+                    pass_index=pass_index)
+
+
+def _merged_halves(m: base.Measure, x, ident):
+  """finalize(merge(half A, half B)), pass by pass as `Measure.__call__`."""
+  h = x.shape[0] // 2
+  spec = base.LayerSpec("block", tuple(x.shape[2:]), x.dtype, x.shape[1],
+                        x.shape[1], h)
+  state = m.init(spec)
+  for p in range(m.num_passes):
+    # Both halves start from the state after the previous pass (`merge`
+    # combines only the current pass's statistics).
+    a = m.update(state, _block(x[:h], ident[:h], p))
+    b = m.update(state, _block(x[h:], ident[h:], p))
+    state = m.merge(a, b)
+    if m.end_pass is not None:
+      state = m.end_pass(state, p)
+  return m.finalize(state)
+
+
+def _pair_keys(m: base.Measure) -> tuple[set, set]:
+  """(outputs over sample pairs, outputs derived from them).
+
+  Pair statistics do not form the pair straddling two merged sample sets
+  (documented in `distance` and `geed`): merged, they are the mean over the
+  union of both halves' pairs, which for equal halves is the mean of the
+  halves' values.
+  """
+  if dict(m.settings).get("normalize") == "pairwise":
+    return {"pairwise_distance"}, {"geed", "values"}
+  if m.name.startswith("sample_distance"):
+    return {"values"}, set()
+  if m.name.startswith("normalized_distance"):
+    return {"denominator"}, {"values"}
+  return set(), set()
+
+
+def _close(actual, expected, what):
+  np.testing.assert_allclose(np.asarray(actual), np.asarray(expected),
+                             rtol=2e-5, atol=1e-6, err_msg=what)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_merge_of_halves_equals_whole_under_jit(case):
+  if _id(case) in ALIASES:
+    return
+  name, kw = case
+  m = FACTORIES[name](**kw)
+  x, ident = _data()
+  h = B // 2
+
+  pairs, derived = _pair_keys(m)
+
+  @jax.jit
+  def run(x, ident):
+    whole = m(x, identity=ident)
+    # The halves' own values are needed only for pair statistics.
+    halves = ((m(x[:h], identity=ident[:h]), m(x[h:], identity=ident[h:]))
+              if pairs else (None, None))
+    return whole, halves, _merged_halves(m, x, ident)
+
+  whole, (first, second), merged = run(x, ident)
+  assert set(merged) == set(whole)
+  for key in whole:
+    if key in derived:
+      continue
+    expected = ((first[key] + second[key]) / 2 if key in pairs
+                else whole[key])
+    _close(merged[key], expected, f"{_id(case)}: {key}")
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c[0] in DIFFERENTIABLE
+             and (c[0] == "geed" or not c[1])], ids=_id)
+def test_block_value_is_differentiable(case):
+  name, kw = case
+  m = FACTORIES[name](**kw)
+  x, ident = _data()
+  loss = lambda x: jnp.sum(m(x, identity=ident)["values"])
+  g = jax.jit(jax.grad(loss))(x)
+  assert g.shape == x.shape
+  assert np.all(np.isfinite(np.asarray(g))), _id(case)
+  assert np.any(np.asarray(g) != 0), _id(case)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in sorted(FACTORIES)
+             if inspect.signature(FACTORIES[n]).parameters], ids=str)
+def test_bad_setting_is_a_value_error(name):
+  assert name in BAD_SETTINGS, f"give {name} a bad setting in BAD_SETTINGS"
+  with pytest.raises(ValueError):
+    FACTORIES[name](**BAD_SETTINGS[name])
+
+
+def _model(x):
+  # One spatial layer: the same-equivariance measures need (h, w, c) maps.
+  return {"map": jnp.tanh(x[..., :1] * 2.0 - x[..., 1:])}
+
+
+def _all_measures():
+  """A fresh instance of every factory's default, one per computation."""
+  unique = {}
+  for name in sorted(FACTORIES):
+    m = FACTORIES[name]()
+    unique.setdefault(m.key, m)
+  return list(unique.values())
+
+
+def test_no_recompile_on_second_call(caplog):
+  # All factories in one call: one program, so one compilation to pay for.
+  images = np.random.default_rng(1).uniform(size=(6, 6, 6, 2)).astype(
+      np.float32)
+  acts = invjax.capture.as_activations(_model)
+  first = invjax.measure(acts, images, tr.rot90(), _all_measures(),
+                         batch_size=4)
+  # Fresh measure objects with equal settings must hit the same program.
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    second = invjax.measure(acts, images + 0.5, tr.rot90(), _all_measures(),
+                            batch_size=4)
+  compiled = [r for r in caplog.records if "Compiling" in r.getMessage()
+              and "program" in r.getMessage()]
+  assert not compiled, [r.getMessage() for r in compiled]
+  assert len(first) == len(second) == len(_all_measures())
+  assert any(a.per_layer["map"] != b.per_layer["map"]
+             for a, b in zip(first, second))
