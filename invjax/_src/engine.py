@@ -842,9 +842,10 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
     n = None
   multi = [m.name for m in measures if m.num_passes > 1]
   if source.one_shot and multi:
+    passes = max(m.num_passes for m in measures)
     raise ValueError(
-        f"{', '.join(multi)} reads the data {max(m.num_passes for m in measures)}"
-        " times, but images is a one-shot iterator (iter(data) is data, e.g. "
+        f"{', '.join(multi)} reads the data {passes} times, but images is a "
+        "one-shot iterator (iter(data) is data, e.g. "
         "a generator): pass a re-iterable source whose iter() starts over "
         "(a list of batches, an object with __iter__, a loader)")
 
