@@ -523,7 +523,8 @@ def _collect_train_logs(outdir: pathlib.Path, keep_checkpoints: bool) -> None:
 def run_experiment(name: str, *, smoke: bool = False, out: Any = None,
                    seed: int | None = None, dataset: str | None = None,
                    overrides: Mapping[str, Any] | None = None,
-                   quiet: bool = False, command: str | None = None
+                   quiet: bool = False, command: str | None = None,
+                   compile_cache: bool = True
                    ) -> tuple[pathlib.Path, dict]:
   """Runs one experiment and records it.
 
@@ -538,12 +539,19 @@ def run_experiment(name: str, *, smoke: bool = False, out: Any = None,
     quiet: no progress lines, and no progress bars (whatever
       ``config.progress`` says).
     command: the command line to record (default: reconstructed).
+    compile_cache: keep compiled programs in JAX's persistent cache in the
+      user's cache directory (`invjax.enable_compile_cache`), so that a rerun
+      loads them instead of compiling; ``$INVJAX_NO_COMPILE_CACHE=1`` turns
+      it off too. Once on, it stays on for the rest of the process.
 
   Returns:
     ``(outdir, summary)``; the summary also holds ``"markdown"``, the text of
     results.md.
   """
   module = get_experiment(name)
+  if compile_cache:
+    from invjax._src import compile_cache as cache_lib  # pylint: disable=g-import-not-at-top
+    cache_lib.enable_unless_disabled()
   overrides = dict(overrides or {})
   if seed is not None:
     overrides["seed"] = seed

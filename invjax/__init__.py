@@ -15,6 +15,7 @@ from invjax import plot
 from invjax import similarity
 from invjax import train
 from invjax import transforms
+from invjax._src.compile_cache import enable_compile_cache
 from invjax._src.engine import measure
 from invjax._src.engine import measure_block
 from invjax._src.result import MeasureResult
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = (
     "MeasureResult",
     "capture",
+    "enable_compile_cache",
     "flows",
     "load_result",
     "measure",

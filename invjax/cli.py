@@ -17,6 +17,14 @@ _MEASURES = ("normalized_variance", "transformation_variance",
              "sample_variance", "normalized_variance_same_equivariance")
 
 
+def _add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+      "--no-compile-cache", action="store_true",
+      help="do not keep compiled programs in JAX's persistent cache "
+      "(default: on, in $INVJAX_COMPILE_CACHE or ~/.cache/invjax/jax; "
+      "INVJAX_NO_COMPILE_CACHE=1 also turns it off)")
+
+
 def _transformations(name: str, n: int, image_size: tuple[int, int]):
   from invjax import transforms as tr  # pylint: disable=g-import-not-at-top
   if name == "rotation":
@@ -213,6 +221,7 @@ def _add_experiment_parser(sub) -> None:
                  help="delete the training checkpoints at the end")
   e.add_argument("--quiet", action="store_true",
                  help="no progress lines or bars (bars go to stderr)")
+  _add_compile_cache_flag(e)
 
 
 def _experiment_command(args: argparse.Namespace) -> int:
@@ -249,6 +258,7 @@ def _experiment_command(args: argparse.Namespace) -> int:
   outdir, summary = _runner.run_experiment(
       args.name, smoke=args.smoke, out=args.out, seed=args.seed,
       dataset=args.dataset, overrides=overrides, quiet=args.quiet,
+      compile_cache=not args.no_compile_cache,
       command=shlex.join(["invjax", "experiment"] + args.argv))
   print(summary["markdown"].split("## Provenance")[0].rstrip())
   print(f"\nwrote {outdir}")
@@ -319,6 +329,7 @@ def _add_train_parser(sub) -> None:
                  help="checkpoints and metrics (default ./invjax_run)")
   t.add_argument("--quiet", action="store_true",
                  help="no progress bar (on stderr: steps, ETA, loss)")
+  _add_compile_cache_flag(t)
 
 
 def _train_command(args: argparse.Namespace) -> int:
@@ -449,10 +460,16 @@ def main(argv: list[str] | None = None) -> int:
   m.add_argument("--output", default="invjax_result.npz")
   m.add_argument("--quiet", action="store_true",
                  help="no progress bars (on stderr)")
+  _add_compile_cache_flag(m)
   _add_plot_parser(sub)
   _add_experiment_parser(sub)
   _add_train_parser(sub)
   args = parser.parse_args(argv)
+  if args.command in ("measure", "train", "experiment"):
+    # Before anything compiles: most of a short command's time on CPU is
+    # compiling programs that the previous run of it compiled already.
+    from invjax._src import compile_cache  # pylint: disable=g-import-not-at-top
+    compile_cache.enable_unless_disabled(args.no_compile_cache)
   if args.command == "measure":
     return _measure_command(args)
   if args.command == "plot":
