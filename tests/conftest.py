@@ -1,8 +1,15 @@
 """Settings for the whole test suite."""
 
+import os
+
 import jax
 
 # On GPUs and TPUs, float32 convolutions and matmuls default to TF32 / bf16
 # passes (~1e-3 relative), far from the float64 NumPy references the tests
 # compare with. A no-op on CPU.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# The command line turns JAX's persistent compilation cache on in the user's
+# cache directory; tests that call it in-process must not write there
+# (tests/test_compile_cache.py clears this to test the cache itself).
+os.environ.setdefault("INVJAX_NO_COMPILE_CACHE", "1")

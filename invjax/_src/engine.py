@@ -408,27 +408,22 @@ def _row_major(x: jax.Array) -> jax.Array:
   return jax.lax.platform_dependent(x, cuda=pin, default=lambda x: x)
 
 
-def _progress_tick(batch_index, real) -> None:
+def _advance_bar(batches: int) -> None:
   bar = _PROGRESS.bar
-  if bar is not None and real:
-    # Callbacks may arrive out of order or once per device: move to the
-    # furthest batch seen, never double count.
-    done = int(batch_index) + 1
-    if done > bar.n:
-      bar.update(done - bar.n)
+  if bar is not None and batches:
+    bar.update(batches)
 
 
 class _Plan:
   """Everything static about one set of compiled measure programs."""
 
   def __init__(self, acts, ts, measures, layers, specs, spatial, b, tc, nc,
-               input_hw, num_classes, mesh, progress, need_identity,
-               has_labels):
+               input_hw, num_classes, mesh, need_identity, has_labels):
     self.acts, self.ts, self.measures = acts, ts, measures
     self.layers, self.specs, self.spatial = layers, specs, spatial
     self.b, self.tc, self.nc = b, tc, nc
     self.input_hw, self.num_classes = input_hw, num_classes
-    self.mesh, self.progress = mesh, progress
+    self.mesh = mesh
     self.need_identity = need_identity
     self.has_labels = has_labels
     self.num_passes = max(m.num_passes for m in measures)
@@ -442,9 +437,8 @@ def _build_program(plan: _Plan):
 
   Returns a namespace of ``init() -> (states, counts)``; ``step(g)``, the
   function of one chunk in global pass g, ``(params, states, counts, images
-  (K, B, H, W, C), mask (K, B), labels (K, B) | None, tparams, tmask,
-  start) -> (states, counts, samples)`` (start: the index of the chunk's
-  first batch, for the progress bar; samples: a small output to wait on);
+  (K, B, H, W, C), mask (K, B), labels (K, B) | None, tparams, tmask)
+  -> (states, counts, samples)`` (samples: a small output to wait on);
   ``end_pass(g)``, ``states -> states``; ``has_end_pass(g)``; and
   ``finalize(states) -> [{layer: outputs}]``.
   """
@@ -551,7 +545,7 @@ def _build_program(plan: _Plan):
 
   def batch_step(params, carry, inputs, tparams, tmask, g):
     states, counts = carry
-    imgs, mask, labels, bidx = inputs
+    imgs, mask, labels = inputs
     labels = labels if plan.has_labels else None
     imgs = constrain(imgs)
     identity = forward(params, imgs) if plan.need_identity else None
@@ -601,9 +595,6 @@ def _build_program(plan: _Plan):
       states, kept = carry
       if last_sweep:
         counts = count_excluded(counts, mask, kept, labels)
-    if plan.progress:
-      # Padding batches (past the source's end) hold no sample: no tick.
-      jax.debug.callback(_progress_tick, bidx, jnp.any(mask))
     return states, counts
 
   def end_pass(m, state, g):
@@ -621,15 +612,14 @@ def _build_program(plan: _Plan):
 
   def step(g):
     def step_program(params, states, counts, images, mask, labels, tparams,
-                     tmask, start):
+                     tmask):
       lab = labels if labels is not None else jnp.zeros(mask.shape, jnp.int32)
-      index = start + jnp.arange(mask.shape[0], dtype=jnp.int32)   # (K,)
 
       def body(carry, inputs):
         return batch_step(params, carry, inputs, tparams, tmask, g), None
 
       (states, counts), _ = jax.lax.scan(
-          body, (states, counts), (images, mask, lab, index))
+          body, (states, counts), (images, mask, lab))
       # The states are donated to the next step, so the host cannot wait on
       # them; this count is ready when the step is.
       return states, counts, jnp.sum(mask, dtype=jnp.int32)
@@ -689,7 +679,7 @@ class _Programs:
         rep = self.rep
         kwargs["in_shardings"] = (
             rep, rep, rep, self.chunk, self.mask,
-            self.mask if self._has_labels else None, rep, rep, rep)
+            self.mask if self._has_labels else None, rep, rep)
       fn = self._steps[g] = self._jit(self._fns.step(g), donate_argnums=(1, 2),
                                       **kwargs)
     return fn
@@ -887,14 +877,14 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
                 else source.has_labels)
   num_classes = len(classes) if stratify else 0
   plan = _Plan(acts, transformations, measures, names, specs, spatial, b, tc,
-               nc, (h, w), num_classes, mesh, bool(progress),
+               nc, (h, w), num_classes, mesh,
                any(m.needs_identity for m in measures), has_labels)
   # Everything the traced programs close over: a new image or layer shape
   # must build new programs, not retrace the old ones.
   key = (acts.key, transformations.action, tuple(m.key for m in measures),
          tuple((l, specs[l].shape, str(specs[l].dtype)) for l in names),
          (h, w, c), str(dtype), num_t, b, tc, nc, num_classes, mesh,
-         plan.progress, has_labels)
+         has_labels)
   programs = _CACHE.get(key)
   if programs is None:
     programs = _CACHE[key] = _Programs(plan)
@@ -905,7 +895,7 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
   args = (acts.params, states[0], states[1],
           abstract((k, b, h, w, c), dtype), abstract((k, b), bool),
           abstract((k, b), np.int32) if has_labels else None,
-          tparams, tmask, abstract((), np.int32))
+          tparams, tmask)
   context = dict(single=single, measures=measures, names=names, notes=notes,
                  classes=classes if stratify else None, n=n, b=b, tc=tc,
                  num_t=num_t, excluded=excluded, source=source,
@@ -928,21 +918,26 @@ def _run(ctx: dict[str, Any]) -> tuple[list[Any], dict[str, np.ndarray]]:
   tparams = put(ctx["tparams"], programs.rep)
   tmask = put(ctx["tmask"], programs.rep)
   states, counts = programs.init()
-  done = 0                               # batches so far, over every pass
   for g in range(plan.num_passes):
     step = programs.step(g)
     chunks = source.chunks(g)
-    waiting = None
+    waiting, waiting_batches = None, 0
     for chunk in chunks:
       images = put(chunk.images, programs.chunk)
       mask = put(chunk.mask, programs.mask)
       labels = put(chunk.labels, programs.mask)
       states, counts, samples = step(params, states, counts, images, mask,
-                                     labels, tparams, tmask, np.int32(done))
-      done += chunk.batches
+                                     labels, tparams, tmask)
       if waiting is not None:
         waiting.block_until_ready()
-      waiting = samples
+        # The bar advances here, on the host, not from a callback inside
+        # the step: JAX's persistent cache never stores a program with a
+        # host callback.
+        _advance_bar(waiting_batches)
+      waiting, waiting_batches = samples, chunk.batches
+    if waiting is not None and _PROGRESS.bar is not None:
+      waiting.block_until_ready()
+      _advance_bar(waiting_batches)
     source.end_pass(g)
     if g == 0 and ctx["excluded"] is None:
       ctx["n"] = source.n
