@@ -15,6 +15,7 @@ import invjax
 from invjax import measures as ms
 from invjax import transforms as tr
 from invjax._src import engine
+from invjax._src import sources
 
 # N = 8 batches of B: an array, a list (K balanced over 8 batches) and a
 # source without a length (K = 8) then share one compiled step per pass.
@@ -236,7 +237,7 @@ def test_device_array_and_short_chunks(data, from_array, monkeypatch):
   # Chunks of K = 3 batches: an on-device array (sliced where it lies), a
   # host array and a list, the last chunk padded with an empty batch.
   x, _ = data
-  monkeypatch.setattr(engine, "_MAX_CHUNK", 3)
+  monkeypatch.setattr(sources, "_MAX_CHUNK", 3)
   measures = [ms.normalized_variance(), ms.goodfellow(threshold="quantile")]
   want = invjax.measure(_model, x, tr.rot90(), measures, batch_size=B)
   on_device = invjax.measure(_model, jnp.asarray(x), tr.rot90(), measures,
