@@ -189,8 +189,7 @@ def main():
        ms.normalized_variance_same_equivariance(implementation="pallas"))]:
     fn, fn_args, _ = engine._prepare(  # pylint: disable=protected-access
         s.acts, s.images, s.ts, measures, batch_size=b, labels=None,
-        stratify=False, layers=None, transform_chunk=None, mesh=None,
-        progress=False)
+        stratify=False, layers=None, transform_chunk=None, mesh=None)
     lowered[name] = fn.lower(*jax.tree.map(abstract, fn_args))
 
   print(f"target: {topology.devices[0].device_kind} (deviceless), SimpleConv "

@@ -213,8 +213,7 @@ def _time_invjax(acts, images, ts, batch_size, repeats):
   nv = ms.normalized_variance(**STD)
   fn, fn_args, _ = engine._prepare(  # pylint: disable=protected-access
       acts, images, ts, nv, batch_size=batch_size, labels=None,
-      stratify=False, layers=None, transform_chunk=None, mesh=None,
-      progress=False)
+      stratify=False, layers=None, transform_chunk=None, mesh=None)
   t0 = time.perf_counter()
   fn.lower(*fn_args).compile()
   compile_s = time.perf_counter() - t0

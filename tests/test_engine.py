@@ -98,7 +98,7 @@ def test_memory_is_bounded_by_one_batch():
   fn, args, _ = engine._prepare(
       wide, images, tr.rot90(), [ms.normalized_variance()], batch_size=b,
       labels=None, stratify=False, layers=None, transform_chunk=None,
-      mesh=None, progress=False)
+      mesh=None)
   stats = fn.lower(*args).compile().memory_analysis()
   all_activations = n * t * 2304 * 4
   one_tile = b * t * 2304 * 4
@@ -118,7 +118,7 @@ def test_transform_chunk_bounds_memory():
     fn, args, _ = engine._prepare(
         wide, images, ts, [ms.transformation_variance()], batch_size=16,
         labels=None, stratify=False, layers=None, transform_chunk=chunk,
-        mesh=None, progress=False)
+        mesh=None)
     sizes.append(fn.lower(*args).compile().memory_analysis()
                  .temp_size_in_bytes)
   assert sizes[1] < sizes[0] / 3

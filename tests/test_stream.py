@@ -259,7 +259,7 @@ def test_step_holds_one_chunk_not_the_dataset():
     fn, args, ctx = engine._prepare(
         wide, images, tr.rot90(), [ms.normalized_variance()], batch_size=50,
         labels=None, stratify=False, layers=None, transform_chunk=None,
-        mesh=None, progress=False)
+        mesh=None)
     assert ctx["source"].k == 8
     sizes.append(fn.lower(*args).compile().memory_analysis()
                  .argument_size_in_bytes)

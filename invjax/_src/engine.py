@@ -411,7 +411,7 @@ def _size_checks(measures: list[base.Measure], num_t: int, n: int,
 
 
 def _prepare(activations, images, transformations, measures, *, batch_size,
-             labels, stratify, layers, transform_chunk, mesh, progress,
+             labels, stratify, layers, transform_chunk, mesh,
              classes=None):
   """Validates inputs and builds (or fetches) the compiled programs.
 
@@ -697,8 +697,7 @@ def measure(activations: Any, images: Any, transformations: Any,
   _, _, ctx = _prepare(
       activations, images, transformations, measures, batch_size=batch_size,
       labels=labels, stratify=stratify, layers=layers,
-      transform_chunk=transform_chunk, mesh=mesh, progress=progress,
-      classes=classes)
+      transform_chunk=transform_chunk, mesh=mesh, classes=classes)
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     known = ctx["source"].num_batches
