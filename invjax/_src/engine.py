@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import types
 import warnings
 from typing import Any, Sequence
@@ -37,6 +38,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from invjax._src import base
 from invjax._src import capture
 from invjax._src import result as result_lib
+from invjax._src import resume
 from invjax._src import sources
 
 _CACHE: dict[Any, Any] = {}
@@ -573,7 +575,8 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
   return programs.step(plan.num_passes - 1), args, context
 
 
-def _run(ctx: dict[str, Any]) -> tuple[list[Any], dict[str, np.ndarray]]:
+def _run(ctx: dict[str, Any], ckpt: resume.Checkpoints | None = None
+         ) -> tuple[list[Any], dict[str, np.ndarray]]:
   """Streams the source through the programs; returns (outputs, counts).
 
   Two chunks at most are on the device: the one a step is computing and the
@@ -581,16 +584,46 @@ def _run(ctx: dict[str, Any]) -> tuple[list[Any], dict[str, np.ndarray]]:
   one it has just dispatched, never that one, so the device always has a
   step queued; without the wait an in-memory source would be queued onto
   the device whole.
+
+  With ``ckpt``, the run starts from its newest checkpoint (if any) and
+  saves one every ``ckpt.every`` chunks, at the end of every pass and at
+  the end (`resume`).
   """
   programs, source, plan = ctx["programs"], ctx["source"], ctx["plan"]
   put = lambda x, sharding: None if x is None else jax.device_put(x, sharding)
   params = jax.device_put(plan.acts.params, programs.rep)
   tparams = put(ctx["tparams"], programs.rep)
   tmask = put(ctx["tmask"], programs.rep)
-  states, counts = programs.init()
-  for g in range(plan.num_passes):
+  start, skip, saved = 0, 0, 0
+  restored = None if ckpt is None else ckpt.restore(
+      jax.eval_shape(programs.init))
+  if restored is None:
+    states, counts = programs.init()
+  else:
+    pos, (states, counts) = restored
+    states, counts = put((states, counts), programs.rep)
+    start, skip, saved = pos.pass_, pos.chunks, pos.step
+    if start > 0 and isinstance(source, sources.StreamSource):
+      source.restore(pos.n, pos.sizes, pos.num_batches)
+    if start > 0:
+      _after_first_pass(ctx)
+
+  def position(g, chunks):
+    stream = isinstance(source, sources.StreamSource) and source.n is not None
+    return resume.Position(
+        g, chunks, saved, source.n if stream else None,
+        [int(v) for v in source.sizes] if stream else None,
+        source.num_batches if stream else None)
+
+  bar = _PROGRESS.bar
+  if bar is not None and (start or skip):
+    per_pass = source.num_batches or 0
+    bar.update(min(start * per_pass + skip * source.k,
+                   bar.total or 1 << 62))
+  for g in range(start, plan.num_passes):
     step = programs.step(g)
-    chunks = source.chunks(g)
+    done = skip if g == start else 0
+    chunks = source.chunks(g, done)
     waiting, waiting_batches = None, 0
     for chunk in chunks:
       images = put(chunk.images, programs.chunk)
@@ -598,6 +631,11 @@ def _run(ctx: dict[str, Any]) -> tuple[list[Any], dict[str, np.ndarray]]:
       labels = put(chunk.labels, programs.mask)
       states, counts, samples = step(params, states, counts, images, mask,
                                      labels, tparams, tmask)
+      done += 1
+      saved += 1
+      if ckpt is not None and ckpt.every and done % ckpt.every == 0:
+        # Before the next step: it takes the states over (donated).
+        ckpt.save(position(g, done), (states, counts))
       if waiting is not None:
         waiting.block_until_ready()
         # The bar advances here, on the host, not from a callback inside
@@ -609,19 +647,29 @@ def _run(ctx: dict[str, Any]) -> tuple[list[Any], dict[str, np.ndarray]]:
       waiting.block_until_ready()
       _advance_bar(waiting_batches)
     source.end_pass(g)
-    if g == 0 and ctx["excluded"] is None:
-      ctx["n"] = source.n
-      ctx["excluded"] = _size_checks(
-          ctx["measures"], ctx["num_t"], source.n, ctx["classes"],
-          source.sizes)
-      bar = _PROGRESS.bar
-      if bar is not None and bar.total is None:
-        bar.total = source.num_batches * plan.num_passes
-        bar.refresh()
+    if g == 0:
+      _after_first_pass(ctx)
     end = programs.end_pass(g)
     if end is not None:
       states = end(states)
+    saved += 1
+    if ckpt is not None:
+      ckpt.save(position(g + 1, 0), (states, counts))
   return jax.device_get((programs.finalize(states), counts))
+
+
+def _after_first_pass(ctx: dict[str, Any]) -> None:
+  """Checks a batch source's sizes once its first pass has counted them."""
+  source = ctx["source"]
+  if ctx["excluded"] is not None:
+    return
+  ctx["n"] = source.n
+  ctx["excluded"] = _size_checks(ctx["measures"], ctx["num_t"], source.n,
+                                 ctx["classes"], source.sizes)
+  bar = _PROGRESS.bar
+  if bar is not None and bar.total is None:
+    bar.total = source.num_batches * ctx["plan"].num_passes
+    bar.refresh()
 
 
 def measure(activations: Any, images: Any, transformations: Any,
@@ -629,7 +677,8 @@ def measure(activations: Any, images: Any, transformations: Any,
             batch_size: int = 64, labels: Any = None, stratify: bool = False,
             classes: Sequence[int] | None = None,
             layers: Any = None, transform_chunk: int | None = None,
-            mesh: Mesh | None = None, progress: bool = False):
+            mesh: Mesh | None = None, progress: bool = False,
+            workdir: str | None = None, checkpoint_every: int | None = None):
   """Measures every tapped layer of a network over a dataset, streamed.
 
   Args:
@@ -670,6 +719,17 @@ def measure(activations: Any, images: Any, transformations: Any,
     mesh: a `jax.sharding.Mesh` with a ``"data"`` axis: the samples of each
       batch are sharded over it and statistics are reduced by collectives.
     progress: show a tqdm bar that advances per batch while the step runs.
+    workdir: a directory for the measurement's checkpoints (`resume`): with
+      it, a run killed at any point and called again with the same
+      arguments resumes from its newest checkpoint, and its result equals an
+      uninterrupted run's bit for bit; a completed run only finalizes. A
+      workdir of another measurement (model parameters, data, measures,
+      transformations or settings differ) is a ValueError. A batch source
+      must yield the same batches in the same order on every call (the
+      batches a checkpoint holds are read again and dropped).
+    checkpoint_every: with ``workdir``, save every this many chunks (of K
+      batches, about 1024 images) besides the end of each pass; None: only
+      at the end of each pass.
 
   Returns:
     A `MeasureResult` (or a list, one per measure when a list was given).
@@ -694,10 +754,33 @@ def measure(activations: Any, images: Any, transformations: Any,
   RuntimeWarning; the other samples' statistics are what they would be
   without it.
   """
+  if checkpoint_every is not None and (
+      not isinstance(checkpoint_every, (int, np.integer)) or
+      isinstance(checkpoint_every, bool) or checkpoint_every <= 0):
+    raise ValueError("checkpoint_every must be a positive int, got "
+                     f"{checkpoint_every!r}")
+  if checkpoint_every is not None and workdir is None:
+    raise ValueError("checkpoint_every= needs workdir=, where the "
+                     "checkpoints go")
   _, _, ctx = _prepare(
       activations, images, transformations, measures, batch_size=batch_size,
       labels=labels, stratify=stratify, layers=layers,
       transform_chunk=transform_chunk, mesh=mesh, classes=classes)
+  ckpt = None
+  if workdir is not None:
+    workdir = os.fspath(workdir)
+    source, plan = ctx["source"], ctx["plan"]
+    first = getattr(source, "first_batch", None)
+    classes_ = ctx["classes"]
+    resume.check_record(workdir, resume.record(
+        acts=plan.acts, specs=plan.specs, measures=ctx["measures"],
+        transformations=transformations,
+        data=resume.data_fingerprint(images, labels, first),
+        settings=dict(batch_size=ctx["b"], transform_chunk=transform_chunk,
+                      stratify=bool(stratify),
+                      classes=None if classes_ is None else
+                      [int(c) for c in classes_])))
+    ckpt = resume.Checkpoints(workdir, checkpoint_every)
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     known = ctx["source"].num_batches
@@ -705,8 +788,10 @@ def measure(activations: Any, images: Any, transformations: Any,
         total=known * ctx["plan"].num_passes if known else None, unit="batch",
         desc="invjax.measure")
   try:
-    outputs, counts = _run(ctx)
+    outputs, counts = _run(ctx, ckpt)
   finally:
+    if ckpt is not None:
+      ckpt.close()
     bar = _PROGRESS.bar
     if bar is not None:
       bar.close()

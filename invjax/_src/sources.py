@@ -155,11 +155,12 @@ class ArraySource:
     self.num_batches = math.ceil(self.n / b)
     self.k = _chunk_batches(b, self.num_batches)
 
-  def chunks(self, g: int) -> Iterator[Chunk]:
+  def chunks(self, g: int, skip: int = 0) -> Iterator[Chunk]:
+    """The chunks of pass g, from chunk ``skip`` on (a resumed run)."""
     del g  # every pass reads the same rows
     k, b, n = self.k, self.b, self.n
     size = k * b
-    for start in range(0, self.num_batches * b, size):
+    for start in range(skip * size, self.num_batches * b, size):
       real = min(size, n - start)
       mask = (np.arange(size) < real).reshape(k, b)
       # Padding rows repeat the last sample: finite images, masked out.
@@ -219,6 +220,8 @@ class StreamSource:
                        "batch") from None
     images, labels = _split_batch(first)
     images = np.asarray(images)
+    # What a resumed run checks the source against (`resume`).
+    self.first_batch = (images, None if labels is None else np.asarray(labels))
     if images.ndim != 4 or min(images.shape[1:], default=0) == 0:
       raise ValueError(
           "each batch must be (B, H, W, C) images (rank 4), got shape "
@@ -291,7 +294,13 @@ class StreamSource:
                 else labels.astype(np.int32))
     return images, labels
 
-  def chunks(self, g: int) -> Iterator[Chunk]:
+  def chunks(self, g: int, skip: int = 0) -> Iterator[Chunk]:
+    """The chunks of pass g; the first ``skip`` are read but not yielded.
+
+    A resumed run skips the chunks its checkpoint holds: they are read again
+    (the source has no other way to its position) and counted, so the
+    checks at the end of the pass see the whole pass.
+    """
     k, b = self.k, self.b
     n, batches = 0, 0
     sizes = np.zeros(len(self.classes) if self.stratify else 0, np.int64)
@@ -321,13 +330,21 @@ class StreamSource:
       batches += 1
       slot += 1
       if slot == k:
-        yield Chunk(imgs, mask, labels, k)
-        imgs, mask, labels = empty()
+        if skip:
+          skip -= 1
+        else:
+          yield Chunk(imgs, mask, labels, k)
+          imgs, mask, labels = empty()
         slot = 0
-    if slot:
+    if slot and not skip:
       imgs[slot:] = imgs[0, 0]
       yield Chunk(imgs, mask, labels, slot)
     self._seen[g] = (batches, n, sizes)
+
+  def restore(self, n: int, sizes: Any, num_batches: int) -> None:
+    """Sets what pass 0 counted, for a run resumed past it."""
+    self.n, self.num_batches = n, num_batches
+    self.sizes = np.asarray(sizes if sizes is not None else [], np.int64)
 
   def end_pass(self, g: int) -> None:
     batches, n, sizes = self._seen[g]

@@ -72,14 +72,16 @@ class TrainState(NamedTuple):
 # --------------------------------------------------------------------------
 
 
-def checkpoint_manager(workdir: str):
+def checkpoint_manager(workdir: str, sub: str = "checkpoints",
+                       max_to_keep: int = 3):
+  """Orbax checkpoints under ``workdir/sub`` (a measurement uses its own)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   # Synchronous saves: a checkpoint is complete when `save` returns, so an
   # interruption right after it loses nothing.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=3, create=True, enable_async_checkpointing=False)
+      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+      os.path.join(os.path.abspath(workdir), sub), options=options)
 
 
 def save_checkpoint(manager, state: TrainState,
@@ -133,8 +135,8 @@ def restore_checkpoint(manager, step: int, variables: dict,
   return TrainState(int(tree["step"]), tree["variables"], tree["opt_state"])
 
 
-def step_dir(workdir: str, step: int) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints", str(step))
+def step_dir(workdir: str, step: int, sub: str = "checkpoints") -> str:
+  return os.path.join(os.path.abspath(workdir), sub, str(step))
 
 
 def set_aside(manager, workdir: str, steps: Sequence[int]
@@ -236,7 +238,8 @@ def _mute_failed_reads() -> None:
 
 
 def restore_first_good(manager, workdir: str, steps: Sequence[int],
-                        restore: Callable[[Any, int], Any]
+                        restore: Callable[[Any, int], Any],
+                        sub: str = "checkpoints", max_to_keep: int = 3
                         ) -> tuple[Any, int, Any, list[tuple[int, str]]]:
   """Restores the first of ``steps`` that ``restore(manager, step)`` can.
 
@@ -255,7 +258,7 @@ def restore_first_good(manager, workdir: str, steps: Sequence[int],
   bad = []
   for s in steps:
     if manager is None:
-      manager = checkpoint_manager(workdir)
+      manager = checkpoint_manager(workdir, sub, max_to_keep)
     try:
       return manager, s, restore(manager, s), bad
     except Exception as e:  # pylint: disable=broad-except
@@ -265,13 +268,13 @@ def restore_first_good(manager, workdir: str, steps: Sequence[int],
       manager.close()
       manager = None
     _mute_failed_reads()  # Outside the handler: `e` holds the reads.
-  what = "; ".join(f"{step_dir(workdir, s)}: {e}" for s, e in bad)
+  what = "; ".join(f"{step_dir(workdir, s, sub)}: {e}" for s, e in bad)
   many = len(bad) > 1
   # `from None`: the cause is summarized above; printed in full, it would
   # bring TensorStore's spec dump along.
   raise ValueError(
       f"{'no' if many else 'the'} checkpoint under "
-      f"{os.path.dirname(step_dir(workdir, 0))} "
+      f"{os.path.dirname(step_dir(workdir, 0, sub))} "
       f"{'can' if many else 'cannot'} be restored (damaged or missing "
       f"files): {what}. Move the damaged step "
       f"director{'ies' if many else 'y'} aside to use an earlier "
