@@ -37,6 +37,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from invjax._src import base
 from invjax._src import capture
+from invjax._src import hosts
 from invjax._src import result as result_lib
 from invjax._src import resume
 from invjax._src import sources
@@ -461,6 +462,16 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
                 axis_types=(AxisType.Auto,) * len(mesh.axis_names))
   # B rounds up to whole devices; a source's batches may be shorter.
   per_device = lambda b: math.ceil(b / devices) * devices
+  procs = hosts.count()
+  if procs > 1:
+    if mesh is None:
+      raise ValueError(
+          f"{procs} processes (jax.distributed) need mesh=, a Mesh over "
+          "every process's devices with a 'data' axis")
+    if stratify and classes is None:
+      raise ValueError(
+          f"stratify=True in {procs} processes needs classes=[...]: each "
+          "process sees only its own labels")
 
   excluded = None                       # streams: known after pass 0
   if sources.is_array(images):
@@ -481,10 +492,17 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
       sizes = np.bincount(labels, minlength=len(classes))
     elif labels is not None:
       labels = labels.astype(np.int32)
+    if procs > 1:
+      n = int(hosts.total(n))
+      sizes = None if sizes is None else hosts.total(sizes)
     excluded = _size_checks(measures, num_t, n, classes if stratify else None,
                             sizes)
-    b = per_device(min(int(batch_size), n))
-    source = sources.ArraySource(images, labels, b)
+    b = per_device(int(batch_size) if procs > 1 else min(int(batch_size), n))
+    source = sources.ArraySource(images, labels, b // procs)
+    if procs > 1:
+      # Every process steps through as many chunks as the longest part.
+      source.align(int(hosts.allgather(source.num_batches).max()),
+                   sources.chunk_batches(b, None))
   else:
     if labels is not None:
       raise ValueError(
@@ -495,7 +513,9 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
           "stratify=True with a batch source needs classes=[...], the labels "
           "to measure (the classes must be known before the first batch)")
     b = per_device(int(batch_size))
-    source = sources.StreamSource(images, b, stratify, classes)
+    source = sources.StreamSource(images, b // procs, stratify, classes)
+    if procs > 1:
+      source.k = sources.chunk_batches(b, None)   # alike in every process
     if stratify and not source.has_labels:
       raise ValueError("stratify=True needs labels: yield (images, labels) "
                        "batches")
@@ -591,6 +611,10 @@ def _run(ctx: dict[str, Any], ckpt: resume.Checkpoints | None = None
   """
   programs, source, plan = ctx["programs"], ctx["source"], ctx["plan"]
   put = lambda x, sharding: None if x is None else jax.device_put(x, sharding)
+  multi = hosts.count() > 1
+  # Several processes: a chunk holds this process's rows of each batch.
+  put_chunk = (functools.partial(hosts.global_chunk, batch_size=plan.b)
+               if multi else put)
   params = jax.device_put(plan.acts.params, programs.rep)
   tparams = put(ctx["tparams"], programs.rep)
   tmask = put(ctx["tmask"], programs.rep)
@@ -624,11 +648,13 @@ def _run(ctx: dict[str, Any], ckpt: resume.Checkpoints | None = None
     step = programs.step(g)
     done = skip if g == start else 0
     chunks = source.chunks(g, done)
+    if multi:
+      chunks = _lockstep(chunks, source)
     waiting, waiting_batches = None, 0
     for chunk in chunks:
-      images = put(chunk.images, programs.chunk)
-      mask = put(chunk.mask, programs.mask)
-      labels = put(chunk.labels, programs.mask)
+      images = put_chunk(chunk.images, programs.chunk)
+      mask = put_chunk(chunk.mask, programs.mask)
+      labels = put_chunk(chunk.labels, programs.mask)
       states, counts, samples = step(params, states, counts, images, mask,
                                      labels, tparams, tmask)
       done += 1
@@ -658,14 +684,27 @@ def _run(ctx: dict[str, Any], ckpt: resume.Checkpoints | None = None
   return jax.device_get((programs.finalize(states), counts))
 
 
+def _lockstep(chunks, source):
+  """The chunks of this process while any process has one (masked after)."""
+  chunks = iter(chunks)
+  while True:
+    chunk = next(chunks, None)
+    if not hosts.agree_more(chunk is not None):
+      return
+    yield chunk if chunk is not None else source.empty_chunk()
+
+
 def _after_first_pass(ctx: dict[str, Any]) -> None:
   """Checks a batch source's sizes once its first pass has counted them."""
   source = ctx["source"]
   if ctx["excluded"] is not None:
     return
-  ctx["n"] = source.n
-  ctx["excluded"] = _size_checks(ctx["measures"], ctx["num_t"], source.n,
-                                 ctx["classes"], source.sizes)
+  n, sizes = source.n, source.sizes
+  if hosts.count() > 1:
+    n, sizes = int(hosts.total(n)), hosts.total(sizes)
+  ctx["n"] = n
+  ctx["excluded"] = _size_checks(ctx["measures"], ctx["num_t"], n,
+                                 ctx["classes"], sizes)
   bar = _PROGRESS.bar
   if bar is not None and bar.total is None:
     bar.total = source.num_batches * ctx["plan"].num_passes
@@ -718,6 +757,16 @@ def measure(activations: Any, images: Any, transformations: Any,
       round-off (the sums run in another order: ~1e-5 relative at T = 360).
     mesh: a `jax.sharding.Mesh` with a ``"data"`` axis: the samples of each
       batch are sharded over it and statistics are reduced by collectives.
+      Several processes (``jax.distributed``): the mesh spans every
+      process's devices, and each process passes only its own part of the
+      data: an array, or a source of batches, of its rows of every global
+      batch, ``batch_size / jax.process_count()`` of them (``batch_size`` is
+      global, as on one host, so the results and their settings do not
+      depend on the number of hosts; process p's rows come after process
+      p − 1's in each batch, as its devices do in the mesh). The parts may
+      differ in length; a stratified run needs ``classes=``. The results
+      equal a one-process run on the same global batches (to the order of
+      the cross-device sums) and are returned in every process.
     progress: show a tqdm bar that advances per batch while the step runs.
     workdir: a directory for the measurement's checkpoints (`resume`): with
       it, a run killed at any point and called again with the same
@@ -768,6 +817,9 @@ def measure(activations: Any, images: Any, transformations: Any,
       transform_chunk=transform_chunk, mesh=mesh, classes=classes)
   ckpt = None
   if workdir is not None:
+    if hosts.count() > 1:
+      raise ValueError("workdir= is for one process; several processes "
+                       "(jax.distributed) cannot resume a measurement yet")
     workdir = os.fspath(workdir)
     source, plan = ctx["source"], ctx["plan"]
     first = getattr(source, "first_batch", None)

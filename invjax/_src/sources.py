@@ -111,7 +111,7 @@ def class_index(labels: np.ndarray, classes: np.ndarray,
   return index.astype(np.int32)
 
 
-def _chunk_batches(b: int, num_batches: int | None) -> int:
+def chunk_batches(b: int, num_batches: int | None) -> int:
   """K, the batches per compiled step.
 
   With the number of batches known, K is balanced so that the last chunk of
@@ -130,6 +130,13 @@ class Chunk(NamedTuple):
   mask: np.ndarray             # (K, B) bool: False for padding
   labels: np.ndarray | None    # (K, B) int32 (class indices when stratified)
   batches: int                 # batches holding a sample: progress counts
+
+
+def _empty_chunk(k: int, b: int, hwc: tuple[int, ...], dtype: Any,
+                 has_labels: bool) -> Chunk:
+  """A chunk of padding only, for a process whose part of the data is over."""
+  return Chunk(np.zeros((k, b) + tuple(hwc), dtype), np.zeros((k, b), bool),
+               np.zeros((k, b), np.int32) if has_labels else None, 0)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
@@ -153,7 +160,7 @@ class ArraySource:
     self.images, self.labels, self.b = images, labels, b
     self.n = int(images.shape[0])
     self.num_batches = math.ceil(self.n / b)
-    self.k = _chunk_batches(b, self.num_batches)
+    self.k = chunk_batches(b, self.num_batches)
 
   def chunks(self, g: int, skip: int = 0) -> Iterator[Chunk]:
     """The chunks of pass g, from chunk ``skip`` on (a resumed run)."""
@@ -161,7 +168,8 @@ class ArraySource:
     k, b, n = self.k, self.b, self.n
     size = k * b
     for start in range(skip * size, self.num_batches * b, size):
-      real = min(size, n - start)
+      # < 0 past this process's part of a multi-process run: all padding.
+      real = max(0, min(size, n - start))
       mask = (np.arange(size) < real).reshape(k, b)
       # Padding rows repeat the last sample: finite images, masked out.
       rows = np.minimum(np.arange(start, start + size), n - 1)
@@ -175,6 +183,14 @@ class ArraySource:
             (k, b) + self.images.shape[1:])
       labels = None if self.labels is None else self.labels[rows].reshape(k, b)
       yield Chunk(imgs, mask, labels, math.ceil(real / b))
+
+  def align(self, num_batches: int, k: int) -> None:
+    """Steps through num_batches batches, K at a time (several processes)."""
+    self.num_batches, self.k = num_batches, k
+
+  def empty_chunk(self) -> Chunk:
+    return _empty_chunk(self.k, self.b, self.images.shape[1:],
+                        self.images.dtype, self.labels is not None)
 
   def end_pass(self, g: int) -> None:
     del g
@@ -242,7 +258,7 @@ class StreamSource:
         self.num_batches = int(length()) or None
       except TypeError:   # e.g. a tf.data wrapper of unknown cardinality
         pass
-    self.k = _chunk_batches(b, self.num_batches)
+    self.k = chunk_batches(b, self.num_batches)
     self.n = None                       # samples, known after pass 0
     self.sizes = None                   # (classes,) samples per class
     self._seen = {}                     # per pass: (batches, n, sizes)
@@ -340,6 +356,9 @@ class StreamSource:
       imgs[slot:] = imgs[0, 0]
       yield Chunk(imgs, mask, labels, slot)
     self._seen[g] = (batches, n, sizes)
+
+  def empty_chunk(self) -> Chunk:
+    return _empty_chunk(self.k, self.b, self.hwc, self.dtype, self.has_labels)
 
   def restore(self, n: int, sizes: Any, num_batches: int) -> None:
     """Sets what pass 0 counted, for a run resumed past it."""
