@@ -94,11 +94,17 @@ class Activations:
     description: a few words on what ``apply`` computes, for ``repr``
       (``"flax.linen SimpleConv, 74,834 parameters"``); ``None`` counts the
       values in ``params``.
+    members: ``None`` for one network; K for an ensemble of K networks
+      that differ only in their parameters: every leaf of ``params`` then
+      has a leading axis of K, ``apply`` takes one member's parameters, and
+      `invjax.measure` measures all members in one program (a vmap over
+      them), returning one result per member.
   """
   apply: Callable[[Params, Array], Mapping[str, Array]]
   params: Params = None
   key: Hashable = None
   description: str | None = None
+  members: int | None = None
   # The layers of the latest call, for repr; shared with apply's closure.
   _log: "_LayerLog" = dataclasses.field(default=None, repr=False)
 

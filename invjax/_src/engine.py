@@ -104,6 +104,7 @@ class _Plan:
     self.mesh = mesh
     self.need_identity = need_identity
     self.has_labels = has_labels
+    self.members = acts.members         # None, or K ensemble members
     self.num_passes = max(m.num_passes for m in measures)
 
   def layers_for(self, m: base.Measure) -> list[str]:
@@ -133,8 +134,11 @@ def _build_program(plan: _Plan):
     return jax.lax.with_sharding_constraint(x, NamedSharding(plan.mesh, spec))
 
   def pin(tile):
-    # A sharded tile's layout is the partitioner's.
-    return tile if plan.mesh is not None else _row_major(tile)
+    # A sharded tile's layout is the partitioner's; an ensemble's (vmapped)
+    # is XLA's too: the layout pin has no batching rule.
+    if plan.mesh is not None or plan.members:
+      return tile
+    return _row_major(tile)
 
   def forward(params, imgs):
     out = acts.apply(params, imgs)
@@ -283,9 +287,19 @@ def _build_program(plan: _Plan):
       return jax.vmap(lambda s: m.end_pass(s, p))(state)
     return m.end_pass(state, p)
 
+  members = plan.members
+
+  def per_member(fn):
+    """fn over each member's states (and params): a vmap for an ensemble."""
+    return jax.vmap(fn) if members else fn
+
   def init_program():
     states = [init_state(m) for m in measures]
     counts = {l: jnp.zeros((max(k, 1),), jnp.int32) for l in layers}
+    if members:
+      states, counts = jax.tree.map(
+          lambda v: jnp.broadcast_to(v, (members,) + v.shape),
+          (states, counts))
     return states, counts
 
   def step(g):
@@ -293,8 +307,14 @@ def _build_program(plan: _Plan):
                      tmask):
       lab = labels if labels is not None else jnp.zeros(mask.shape, jnp.int32)
 
+      # An ensemble's members share the transformed images (unbatched
+      # under the vmap, so computed once) and differ from the forward on.
+      one = lambda p, c, inputs: batch_step(p, c, inputs, tparams, tmask, g)
+      if members:
+        one = jax.vmap(one, in_axes=(0, 0, None))
+
       def body(carry, inputs):
-        return batch_step(params, carry, inputs, tparams, tmask, g), None
+        return one(params, carry, inputs), None
 
       (states, counts), _ = jax.lax.scan(
           body, (states, counts), (images, mask, lab))
@@ -308,11 +328,13 @@ def _build_program(plan: _Plan):
                for m in measures)
 
   def end_all(g):
+    @per_member
     def end_pass_program(states):
       return [{l: end_pass(m, s, g) for l, s in st.items()}
               for m, st in zip(measures, states)]
     return end_pass_program
 
+  @per_member
   def finalize_program(states):
     finalize = lambda m, s: jax.vmap(m.finalize)(s) if k else m.finalize(s)
     return [{l: dict(finalize(m, s)) for l, s in st.items()}
@@ -378,6 +400,23 @@ def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
   if extra == 0:
     return a
   return np.concatenate([a, np.repeat(a[:1], extra, axis=0)], axis=0)
+
+
+def _first_member(params: Any, members: int) -> Any:
+  """Member 0's parameters of an ensemble, checking the leading axis."""
+  if (not isinstance(members, (int, np.integer)) or isinstance(members, bool)
+      or members < 1):
+    raise ValueError(f"Activations.members must be a positive int, got "
+                     f"{members!r}")
+  leaves = jax.tree.leaves(params)
+  bad = [getattr(v, "shape", ()) for v in leaves
+         if getattr(v, "shape", ())[:1] != (members,)]
+  if not leaves or bad:
+    raise ValueError(
+        f"an ensemble of {members} members needs every parameter with a "
+        f"leading axis of {members}; found shapes {bad[:3]}")
+  return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype),
+                      params)
 
 
 def _size_checks(measures: list[base.Measure], num_t: int, n: int,
@@ -533,7 +572,10 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
 
   # Layer shapes from one abstract evaluation of the model.
   probe = jax.ShapeDtypeStruct((b * tc, h, w, c), dtype)
-  shapes = jax.eval_shape(acts.apply, acts.params, probe)
+  member_params = acts.params
+  if acts.members:
+    member_params = _first_member(acts.params, acts.members)
+  shapes = jax.eval_shape(acts.apply, member_params, probe)
   if not shapes:
     raise ValueError("the activations function returned no activations")
   names = capture.select_layers(list(shapes), layers)
@@ -576,7 +618,7 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
   key = (acts.key, transformations.action, tuple(m.key for m in measures),
          tuple((l, specs[l].shape, str(specs[l].dtype)) for l in names),
          (h, w, c), str(dtype), num_t, b, tc, nc, num_classes, mesh,
-         has_labels)
+         has_labels, acts.members)
   programs = _CACHE.get(key)
   if programs is None:
     programs = _CACHE[key] = _Programs(plan)
@@ -781,7 +823,11 @@ def measure(activations: Any, images: Any, transformations: Any,
       at the end of each pass.
 
   Returns:
-    A `MeasureResult` (or a list, one per measure when a list was given).
+    A `MeasureResult` (or a list, one per measure when a list was given);
+    for an ensemble (``activations.members`` = K, e.g. from
+    ``capture.linen(model, stacked_variables, ensemble=True)``), a list of
+    K of those, one per member, each equal to measuring that member alone
+    and all computed in one program.
 
   Raises:
     ValueError: on malformed inputs or batches, complex activations, or a
@@ -848,7 +894,21 @@ def measure(activations: Any, images: Any, transformations: Any,
     if bar is not None:
       bar.close()
       _PROGRESS.bar = None
-  _warn_nonfinite(counts, ctx["names"])
+  members = ctx["plan"].members
+  if not members:
+    _warn_nonfinite(counts, ctx["names"])
+    return _results(ctx, outputs, counts, stratify)
+  out = []
+  for i in range(members):
+    take = lambda tree, i=i: jax.tree.map(lambda v: v[i], tree)
+    _warn_nonfinite(take(counts), ctx["names"])
+    out.append(_results(ctx, take(outputs), take(counts), stratify))
+  return out
+
+
+def _results(ctx: dict[str, Any], outputs: list[Any],
+             counts: dict[str, np.ndarray], stratify: bool):
+  """The MeasureResults of one network from the finalized outputs."""
   results = []
   for m, out, excluded in zip(ctx["measures"], outputs, ctx["excluded"]):
     # Pytrees leave jit with sorted dict keys: restore execution order.
