@@ -13,6 +13,7 @@ from invjax import measures
 from invjax import objectives
 from invjax import plot
 from invjax import similarity
+from invjax import sweep
 from invjax import train
 from invjax import transforms
 from invjax._src.compile_cache import enable_compile_cache
@@ -35,6 +36,7 @@ __all__ = (
     "objectives",
     "plot",
     "similarity",
+    "sweep",
     "train",
     "transforms",
 )

@@ -7,6 +7,8 @@
     fig = invjax.plot.seed_spread({"plain": [...], "augmented": [...]},
                                   mark_significant=True)
     fig.savefig("nv.png")
+    table = invjax.sweep.load("runs/my_sweep")         # a sweep's tidy table
+    fig = invjax.plot.sweep_spread(table, over="seed", facet="transform")
 
 See `invjax._src.plot` and `invjax._src.compare` for the details.
 """
@@ -19,6 +21,8 @@ from invjax._src.plot import nonfinite_counts
 from invjax._src.plot import relative_depth
 from invjax._src.plot import seed_spread
 from invjax._src.plot import shared_scale
+from invjax._src.plot import sweep_curves
+from invjax._src.plot import sweep_spread
 
 __all__ = (
     "compare_layers",
@@ -29,4 +33,6 @@ __all__ = (
     "relative_depth",
     "seed_spread",
     "shared_scale",
+    "sweep_curves",
+    "sweep_spread",
 )
