@@ -305,3 +305,47 @@ def test_sweep_figures(reference):
     invjax.plot.sweep_spread(nv, over="sed")
   with pytest.raises(ValueError, match="not a sweep table"):
     invjax.plot.sweep_curves(nv.drop(columns="cell"))
+
+
+def _fake_result(value):
+  from invjax._src.result import MeasureResult  # pylint: disable=g-import-not-at-top
+  return MeasureResult.from_outputs(
+      "normalized_variance", {}, {"a": {"values": np.array([value])},
+                                  "b": {"values": np.array([np.nan])}})
+
+
+def test_failing_cells_uneven_sweeps_and_bad_groups(tmp_path):
+  calls = []
+
+  def run(config, outdir):
+    calls.append(config["seed"])
+    if config["lr"] == 0.5 and config.get("broken"):
+      raise RuntimeError("diverged")
+    return {"nv": _fake_result(config["seed"] + config["lr"])}
+
+  # lr is swept in one cell only: the others' lr column holds their config's.
+  grid = [{"seed": 0}, {"seed": 1}, {"seed": 1, "lr": 0.5}]
+  broken = _module(grid, base={"seed": 0, "lr": 0.1, "broken": True},
+                   run=run)
+  with pytest.raises(RuntimeError, match="diverged"):
+    sweep.run(broken, tmp_path, progress=False)
+  failed = tmp_path / "cells" / sweep.cell_id(grid[2])
+  assert "diverged" in (failed / "error.txt").read_text()
+  assert [sweep.is_complete(tmp_path, sweep.cell_id(c)) for c in grid] == \
+      [True, True, False]
+  assert len(sweep.load(tmp_path)) == 2 * 2  # the complete cells only
+
+  fixed = _module(grid, base={"seed": 0, "lr": 0.1, "broken": True},
+                  run=run)
+  fixed.run = lambda config, outdir: run({**config, "broken": False}, outdir)
+  table = sweep.run(fixed, tmp_path, progress=False)
+  assert calls == [0, 1, 1, 1]  # the failed cell alone ran again
+  assert not (failed / "error.txt").exists()
+  assert list(table["lr"]) == [0.1, 0.1, 0.1, 0.1, 0.5, 0.5]
+  assert list(table["value"][::2]) == [0.1, 1.1, 1.5]
+  assert table["value"][1::2].isna().all()
+
+  wrong = _module([{"seed": 0}, {"seed": 1}],
+                  run_group=lambda configs, outdirs: [{}])
+  with pytest.raises(ValueError, match="must return a list of 2"):
+    sweep.run(wrong, tmp_path / "wrong", progress=False)

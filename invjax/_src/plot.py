@@ -485,7 +485,6 @@ def _sweep_figure(table, *, facet: str | None, over: str | None, depth: str,
     raise ValueError(f"facet and over are both {facet!r}")
   if len(table) == 0:
     raise ValueError("the sweep table is empty (no cell complete yet?)")
-  keys = _curve_keys(table, swept, [k for k in (facet, over) if k])
   panels = ([(None, table)] if facet is None else
             list(table.groupby(facet, sort=True, dropna=False)))
   ncols = max(1, min(int(ncols), len(panels)))
@@ -495,8 +494,12 @@ def _sweep_figure(table, *, facet: str | None, over: str | None, depth: str,
   width = (max(5.0, 0.4 * len(layers_all) + 3.0) if depth == "index"
            else 6.0)
   fig = _figure(width * ncols, 4.0 * nrows)
-  axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
-  for ax, (value, panel) in zip(axes, panels):
+  # One y axis for all panels only when they show one measure.
+  one_measure = table["measure"].nunique() == 1
+  axes = fig.subplots(nrows, ncols, sharey=one_measure,
+                      squeeze=False).ravel()
+  for i, (ax, (value, panel)) in enumerate(zip(axes, panels)):
+    keys = _curve_keys(panel, swept, [k for k in (facet, over) if k])
     axis = list(panel.sort_values("layer_index", kind="stable")
                 ["layer"].drop_duplicates())
     curves = ([((), panel)] if not keys else
@@ -512,12 +515,12 @@ def _sweep_figure(table, *, facet: str | None, over: str | None, depth: str,
     ax.legend(fontsize="small")
     if facet is not None:
       ax.set_title(f"{facet}={value}")
+    if i % ncols == 0 or not one_measure:
+      names = sorted(panel["measure"].unique())
+      ax.set_ylabel(names[0] if len(names) == 1 else
+                    "value (" + ", ".join(names) + ")")
   for ax in axes[len(panels):]:
     ax.set_visible(False)
-  names = sorted(table["measure"].unique())
-  for ax in axes[::ncols]:
-    ax.set_ylabel(names[0] if len(names) == 1 else
-                  "value (" + ", ".join(names) + ")")
   if title is not None:
     fig.suptitle(title)
   return fig
