@@ -9,6 +9,7 @@ naming and ordering rules.
 from invjax._src.capture import Activations
 from invjax._src.capture import as_activations
 from invjax._src.capture import from_callable
+from invjax._src.capture import function
 from invjax._src.capture import linen
 from invjax._src.capture import nnx
 from invjax._src.capture import select_layers
@@ -17,6 +18,7 @@ __all__ = (
     "Activations",
     "as_activations",
     "from_callable",
+    "function",
     "linen",
     "nnx",
     "select_layers",

@@ -6,6 +6,10 @@
     state = T.fit(model, cfg, images, labels, workdir="runs/a")  # resumable
     T.evaluate(model, state.variables, x_test, y_test,
                transformations=invjax.transforms.rot90())
+    # An ensemble: 8 seeds trained as one vmapped program, leaves (8, ...).
+    ens = T.fit(model, cfg, images, labels, seeds=range(8))
+    invjax.measure(invjax.capture.linen(model, ens.variables, ensemble=True),
+                   images, ts, measures)        # a list of 8 results
 """
 
 from invjax._src.train import accuracy

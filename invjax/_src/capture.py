@@ -10,6 +10,12 @@ people write JAX networks into one type, `Activations`:
 
     acts(images)   # {"Conv_0": (B, H, W, C), ..., "Dense_0": (B, K)}
 
+An ensemble of K networks that differ only in their parameters is one
+`Activations` with ``members=K`` and the parameters stacked (every leaf
+(K, ...)): ``capture.linen(module, stacked, ensemble=True)``, ``capture.nnx(
+model, ensemble=True)`` or ``capture.function(fn, stacked, ensemble=True)``;
+`invjax.measure` measures all members in one program.
+
 A layer is a module's method output or a sown value (see `linen` and `nnx` for
 exactly what is captured): functions such as ``relu`` and ``max_pool`` are not
 modules, so their results are captured only when sown.
@@ -117,7 +123,15 @@ class Activations:
       object.__setattr__(self, "_log", _LayerLog())
 
   def __call__(self, images: Array) -> Mapping[str, Array]:
-    """Returns ``apply(params, images)``."""
+    """Returns ``apply(params, images)``: ``{name: (B, ...)}``.
+
+    For an ensemble, every member's on the same images, stacked:
+    ``{name: (K, B, ...)}`` (a `jax.vmap` over the members' parameters).
+    """
+    if self.members:
+      out = jax.vmap(self.apply, in_axes=(0, None))(self.params, images)
+      self._log.note_arrays(out, skip=2)
+      return out
     out = self.apply(self.params, images)
     self._log.note_arrays(out)
     return out
@@ -130,9 +144,13 @@ class Activations:
         nothing is computed (`jax.eval_shape`).
 
     Returns:
-      The keys of ``apply(params, example_images)``.
+      The keys of ``apply(params, example_images)`` (for an ensemble, of
+      one member's: all members have the same layers).
     """
-    out = jax.eval_shape(self.apply, self.params, example_images)
+    params = self.params
+    if self.members:
+      params = _member_abstract(params)
+    out = jax.eval_shape(self.apply, params, example_images)
     self._log.note_arrays(out)
     return list(out)
 
@@ -157,9 +175,10 @@ class _LayerLog:
   def note(self, leaves: Iterable[Any]) -> None:
     self.layers = [(leaf.name, leaf.shape) for leaf in leaves]
 
-  def note_arrays(self, acts: Any) -> None:
+  def note_arrays(self, acts: Any, skip: int = 1) -> None:
+    # skip: the leading axes that are not per sample (an ensemble's: 2).
     if isinstance(acts, Mapping):
-      self.layers = [(name, tuple(getattr(a, "shape", ())[1:]))
+      self.layers = [(name, tuple(getattr(a, "shape", ())[skip:]))
                      for name, a in acts.items()]
 
 
@@ -195,6 +214,58 @@ def _wrap_entries(entries: Sequence[str], width: int = 78,
     hidden = sum(len(line) for line in lines[3:-2])
     lines = lines[:3] + [[f"... {hidden} more ..."]] + lines[-2:]
   return ",\n".join("    " + ", ".join(line) for line in lines)
+
+
+def ensemble_size(tree: Any, what: str, expected: int | None = None) -> int:
+  """K, the leading axis every leaf of an ensemble's stacked ``tree`` shares.
+
+  An ensemble of K networks that differ only in their parameters keeps
+  them stacked: member k's is ``jax.tree.map(lambda v: v[k], tree)``.
+
+  Args:
+    tree: the stacked parameters (variables, an `nnx.State`, any pytree).
+    what: how to name ``tree`` in an error.
+    expected: the K it must have, if known.
+
+  Returns:
+    K.
+
+  Raises:
+    ValueError: ``tree`` has no arrays, a leaf has no leading axis, the
+      leaves' leading axes differ, or K is not ``expected``; the message
+      names the offending leaves.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  if not flat:
+    raise ValueError(f"{what} holds no arrays; an ensemble needs its "
+                     "members' parameters stacked, every leaf (K, ...)")
+  shapes = [(jax.tree_util.keystr(path), tuple(getattr(v, "shape", ())))
+            for path, v in flat]
+  k = expected
+  if k is None:
+    # The commonest leading axis: the odd leaves out are the ones named.
+    leads = collections.Counter(sh[0] for _, sh in shapes if sh)
+    k = leads.most_common(1)[0][0] if leads else None
+  bad = [(p, sh) for p, sh in shapes if sh[:1] != (k,)]
+  if k is None or bad:
+    shown = ", ".join(f"{p or '<root>'} {sh}" for p, sh in (bad or shapes)[:3])
+    wanted = (f"a leading axis of {k}" if k is not None else
+              "a leading axis K")
+    raise ValueError(
+        f"{what} are not an ensemble's stacked parameters: every leaf needs "
+        f"{wanted} (one slice per member), but {len(bad or shapes)} of "
+        f"{len(shapes)} leaves do not, e.g. {shown}. Stack the members "
+        "with jax.tree.map(lambda *v: jnp.stack(v), *members)")
+  return int(k)
+
+
+def _member_abstract(tree: Any) -> Any:
+  """Shape-only stand-ins for one member of stacked parameters."""
+  def one(v):
+    if hasattr(v, "shape") and hasattr(v, "dtype"):
+      return jax.ShapeDtypeStruct(v.shape[1:], v.dtype)
+    return v
+  return jax.tree.map(one, tree)
 
 
 def _fresh_key() -> Hashable:
@@ -262,6 +333,52 @@ def from_callable(fn: Callable[[Array], Mapping[str, Array]]) -> Activations:
   a callable directly and wraps it with this function.
   """
   return as_activations(fn)
+
+
+def function(fn: Callable[[Params, Array], Mapping[str, Array]],
+             params: Params, *, ensemble: bool = False) -> Activations:
+  """Activations of a pure ``fn(params, images) -> {name: (B, ...)}``.
+
+  Unlike `from_callable`, the weights come in as an argument, so a compiled
+  measurement takes them as inputs (not constants) and can measure an
+  ensemble: with ``ensemble=True``, ``params`` holds K members' parameters
+  stacked (every leaf (K, ...)), ``fn`` still takes one member's, and
+  `invjax.measure` returns one result per member, all from one program.
+
+  Args:
+    fn: pure ``fn(params, images)``, images (B, H, W, C), returning a dict of
+      layer name -> (B, ...) activations in execution order (any framework:
+      e.g. ``lambda v, x: module.apply(v, x)`` plus the layers wanted).
+    params: its parameters (one member's, or K members' stacked).
+    ensemble: ``params`` are stacked members.
+
+  Returns:
+    An `Activations` (``members=K`` for an ensemble); ``fn`` itself is its
+    key, so measurements of the same ``fn`` share compiled programs.
+
+  Raises:
+    TypeError: ``fn`` is not callable.
+    ValueError: with ``ensemble``, parameters without a common leading axis.
+  """
+  if not callable(fn):
+    raise TypeError(f"fn must be callable as fn(params, images), got "
+                    f"{type(fn).__name__}")
+  members = ensemble_size(params, "params") if ensemble else None
+  log = _LayerLog()
+
+  def apply(p, images):
+    out = _checked_activations(fn(p, images), fn)
+    log.note_arrays(out)
+    return out
+
+  name = getattr(fn, "__qualname__", type(fn).__name__)
+  one = _member_abstract(params) if members else params
+  description = f"function {name}, {_count_values(one)}"
+  if members:
+    description += f" each, ensemble of {members}"
+  return Activations(apply=apply, params=params,
+                     key=_hashable_or_fresh(("function", fn)),
+                     description=description, members=members, _log=log)
 
 
 def _checked_activations(result: Any, source: Any) -> "collections.OrderedDict":
@@ -505,7 +622,8 @@ class _LinenPlan(NamedTuple):
 
 def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
           method: Union[str, Callable[..., Any], None] = None,
-          apply_kwargs: Mapping[str, Any] | None = None) -> Activations:
+          apply_kwargs: Mapping[str, Any] | None = None,
+          ensemble: bool = False) -> Activations:
   """Activations of a Flax Linen module, via ``capture_intermediates``.
 
   What is captured, exactly:
@@ -559,13 +677,21 @@ def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
       ``{'train': False}`` for models with batch statistics, or ``rngs``.
       A ``mutable`` entry is merged with ``'intermediates'``; the other
       collections it updates are discarded.
+    ensemble: ``variables`` are K members' variables stacked, every leaf
+      (K, ...), as ``invjax.train.fit(..., seeds=...)`` returns them (or
+      ``jax.tree.map(lambda *v: jnp.stack(v), *members)``). `invjax.measure`
+      then measures every member in one program and returns one result per
+      member; calling the `Activations` gives ``{name: (K, B, ...)}``.
 
   Returns:
-    An `Activations` with ``params=variables``.
+    An `Activations` with ``params=variables`` (and ``members=K`` for an
+    ensemble).
 
   Raises:
     TypeError: ``module`` is not a Linen module, or ``apply_kwargs`` holds
       ``capture_intermediates``.
+    ValueError: with ``ensemble``, variables without a common leading axis
+      (the message names the leaves).
 
   Examples:
     >>> import flax.linen as nn, jax, jax.numpy as jnp
@@ -627,10 +753,16 @@ def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
 
   key = ("linen", module, method, _filter_key(filter), _merge_key(apply_kwargs),
          mutable if isinstance(mutable, bool) else tuple(mutable))
+  members = ensemble_size(variables, "variables") if ensemble else None
+  one = _member_abstract(variables) if members else variables
   description = (f"flax.linen {type(module).__name__}, "
-                 f"{_count_values(variables)}")
+                 f"{_count_values(one)}")
+  if members:
+    description += f" each, ensemble of {members}"
+  # An ensemble keeps the single model's key: the engine's program cache
+  # tells them apart by `members` as well.
   return Activations(apply=apply, params=variables, key=_hashable_or_fresh(key),
-                     description=description, _log=log)
+                     description=description, members=members, _log=log)
 
 
 def _merge_mutable(mutable: Any) -> Any:
@@ -783,7 +915,8 @@ def _method_output_type():
   return _METHOD_OUTPUT_TYPE[0]
 
 
-def nnx(model: Any, *, filter: LayerFilter = None) -> Activations:
+def nnx(model: Any, *, filter: LayerFilter = None,
+        ensemble: bool = False) -> Activations:
   """Activations of a Flax NNX module, via `flax.nnx.capture`.
 
   Runs ``model(images)`` under ``nnx.capture(..., nnx.Intermediate,
@@ -825,15 +958,38 @@ def nnx(model: Any, *, filter: LayerFilter = None) -> Activations:
   method output during the call, and unselected ones are dropped (under
   `jax.jit` they are never computed for nothing: XLA removes them).
 
+  Ensembles (``ensemble=True``). NNX's own form of K stacked models is one
+  module whose state has a leading member axis, created under `nnx.vmap`
+  with `nnx.split_rngs` (Flax's "model ensembles" idiom)::
+
+    @nnx.split_rngs(splits=K)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(rngs):
+      return Net(rngs)
+    acts = capture.nnx(create(nnx.Rngs(0)), ensemble=True)
+
+  A list of K modules of one structure (e.g. ``[Net(nnx.Rngs(s)) for s in
+  seeds]``) is stacked here the same way. ``apply`` takes one member's
+  state; `invjax.measure` measures all members in one program and returns
+  one result per member; calling the `Activations` gives
+  ``{name: (K, B, ...)}``.
+
   Args:
-    model: a `flax.nnx.Module` whose ``__call__`` takes a batch of images.
+    model: a `flax.nnx.Module` whose ``__call__`` takes a batch of images;
+      with ``ensemble``, such a module with stacked state, or a list of
+      modules.
     filter: which layers to return, see `select_layers`.
+    ensemble: ``model`` is an ensemble (see above).
 
   Returns:
-    An `Activations` whose ``params`` is the model's `nnx.State`.
+    An `Activations` whose ``params`` is the model's `nnx.State` (stacked,
+    with ``members=K``, for an ensemble).
 
   Raises:
-    TypeError: ``model`` is not an NNX module.
+    TypeError: ``model`` is not an NNX module (or, with ``ensemble``, a
+      list of them).
+    ValueError: with ``ensemble``, modules of different structure, or a
+      state without a common leading axis (the message names the leaves).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -853,9 +1009,18 @@ def nnx(model: Any, *, filter: LayerFilter = None) -> Activations:
   """
   from flax import nnx as flax_nnx  # pylint: disable=g-import-not-at-top
 
-  if not isinstance(model, flax_nnx.Module):
+  members, stacked_module = None, False
+  if ensemble and isinstance(model, (list, tuple)):
+    graphdef, state, model = _stack_nnx(model)
+    members = len(model)
+    model = model[0]   # For the description.
+  elif not isinstance(model, flax_nnx.Module):
     raise TypeError(f"expected a flax.nnx.Module, got {type(model).__name__}")
-  graphdef, state = flax_nnx.split(model)
+  else:
+    graphdef, state = flax_nnx.split(model)
+    if ensemble:
+      members = ensemble_size(state, "the model's state")
+      stacked_module = True
   method_type = _method_output_type()
 
   def run(state, images):
@@ -878,9 +1043,43 @@ def nnx(model: Any, *, filter: LayerFilter = None) -> Activations:
 
   key = ("nnx", graphdef, _filter_key(filter))
   n_params = _size(flax_nnx.state(model, flax_nnx.Param))
+  if stacked_module:
+    n_params //= members   # The stacked module holds all K members'.
   description = f"flax.nnx {type(model).__name__}, {n_params:,} parameters"
+  if members:
+    description += f" each, ensemble of {members}"
   return Activations(apply=apply, params=state, key=_hashable_or_fresh(key),
-                     description=description, _log=log)
+                     description=description, members=members, _log=log)
+
+
+def _stack_nnx(models: Sequence[Any]) -> tuple[Any, Any, list[Any]]:
+  """(graphdef, stacked state, models) of a list of same-structure modules."""
+  from flax import nnx as flax_nnx  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  models = list(models)
+  if not models:
+    raise ValueError("an ensemble needs at least one module; got an empty "
+                     "list")
+  for i, m in enumerate(models):
+    if not isinstance(m, flax_nnx.Module):
+      raise TypeError(f"expected a list of flax.nnx.Module, got "
+                      f"{type(m).__name__} at index {i}")
+  splits = [flax_nnx.split(m) for m in models]
+  graphdef = splits[0][0]
+  structure = jax.tree.structure(splits[0][1])
+  for i, (g, st) in enumerate(splits[1:], 1):
+    if g != graphdef or jax.tree.structure(st) != structure:
+      raise ValueError(f"ensemble members must have one structure: module "
+                       f"{i} differs from module 0 (its class, submodules "
+                       "or variables)")
+  try:
+    state = jax.tree.map(lambda *v: jnp.stack(v), *[st for _, st in splits])
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"ensemble members must have one structure: their "
+                     f"variables' shapes differ ({e})") from None
+  ensemble_size(state, "the modules' states", len(models))
+  return graphdef, state, models
 
 
 def _plan_nnx(run, state, images, layer_filter) -> tuple[_Leaf, ...]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import time
 import warnings
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from invjax._src import capture as capture_lib
 from invjax._src import files
 from invjax._src import objectives
 from invjax._src import workdir as workdir_lib
@@ -304,7 +306,8 @@ def _check_data(images: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate(model: nn.Module, variables: dict, images: Any, labels: Any, *,
-             transformations: Any = None, batch_size: int = 256) -> dict:
+             transformations: Any = None, batch_size: int = 256,
+             ensemble: bool = False) -> dict | list[dict]:
   """Clean and transformed accuracy (eval mode).
 
   accuracy = (1/N) Σ_i [argmax f(x_i) = y_i]; with transformations t_1..t_T,
@@ -317,11 +320,23 @@ def evaluate(model: nn.Module, variables: dict, images: Any, labels: Any, *,
     transformations: optional TransformationSet.
     batch_size: images per forward pass (for the transformed accuracy,
       ``max(1, batch_size // T)`` samples, i.e. about ``batch_size`` images).
+    ensemble: ``variables`` are K members' stacked (every leaf (K, ...), as
+      ``fit(..., seeds=...)`` returns them); each member is evaluated in
+      turn, by the same compiled programs.
 
   Returns:
     ``{"accuracy": float}`` plus ``"transformed_accuracy"`` when
-    transformations are given.
+    transformations are given; with ``ensemble``, a list of K of those.
+
+  Raises:
+    ValueError: malformed data or batch size; with ``ensemble``, leaves
+      without a common leading axis.
   """
+  if ensemble:
+    k = capture_lib.ensemble_size(variables, "variables")
+    return [evaluate(model, jax.tree.map(lambda v, i=i: v[i], variables),
+                     images, labels, transformations=transformations,
+                     batch_size=batch_size) for i in range(k)]
   images, labels = _check_data(images, labels)
   if not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -352,7 +367,9 @@ def load_checkpoint(workdir: str, *, step: int | None = None) -> TrainState:
   """The TrainState of a workdir's latest checkpoint (or of ``step``).
 
   The optimizer state comes back with its optax structure (rebuilt from
-  ``workdir/config.json``) and every leaf with its saved dtype. A latest
+  ``workdir/config.json``) and every leaf with its saved dtype; an
+  ensemble's (``fit(..., seeds=...)``) comes back stacked, as fit returns
+  it. A latest
   checkpoint that cannot be restored (damaged files) is skipped for the
   newest one that can, with a warning naming it; nothing is moved.
 
@@ -361,8 +378,31 @@ def load_checkpoint(workdir: str, *, step: int | None = None) -> TrainState:
       (or not the one at ``step``) can be restored; the message names the
       checkpoint directories.
   """
-  return workdir_lib.load_checkpoint(
-      workdir, step, lambda fields: make_optimizer(TrainConfig(**fields)))
+  ensemble = _saved_seeds(workdir) is not None
+
+  def optimizer(fields):
+    tx = make_optimizer(TrainConfig(**fields))
+    if ensemble:
+      # The optimizer state of stacked members: (K, ...) leaves, Adam's
+      # count included.
+      return optax.GradientTransformation(jax.vmap(tx.init),
+                                          jax.vmap(tx.update))
+    return tx
+
+  return workdir_lib.load_checkpoint(workdir, step, optimizer)
+
+
+def _saved_seeds(workdir: str) -> list[int] | None:
+  """The ensemble seeds in ``workdir/config.json``; None for one model.
+
+  Unreadable files read as None here: `workdir_lib.load_checkpoint` reads
+  the file again and warns or raises about them.
+  """
+  try:
+    with open(os.path.join(os.fspath(workdir), "config.json")) as f:
+      return json.load(f)["config"].get("seeds")
+  except Exception:  # pylint: disable=broad-except
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -394,12 +434,20 @@ def _batch_indices(seed: int, step: int, batch_size: int, n: int,
   return out
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init_variables(model: nn.Module, seed: Array, sample: Array) -> dict:
-  # Jitted with the model static, so equal models share one compilation
-  # (Flax's initializers are slow to compile on CPU).
+def _init_body(model: nn.Module, seed: Array, sample: Array) -> dict:
   init_key = jax.random.split(jax.random.PRNGKey(seed))[1]
   return model.init(init_key, sample, train=False)
+
+
+# Jitted with the model static, so equal models share one compilation
+# (Flax's initializers are slow to compile on CPU).
+_init_variables = jax.jit(_init_body, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_ensemble(model: nn.Module, seeds: Array, sample: Array) -> dict:
+  """Each member's `_init_variables`, stacked: leaves (K, ...), seeds (K,)."""
+  return jax.vmap(lambda s: _init_body(model, s, sample))(seeds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,9 +472,8 @@ def _step_spec(model, cfg: TrainConfig, loss_fn) -> _StepSpec:
                    None if reg is None else reg.num_samples)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _train_step(spec: _StepSpec, variables, opt_state, data_x, data_y, idx,
-                seed, step_index, augment, reg_ts, reg_weight):
+def _train_step_body(spec: _StepSpec, variables, opt_state, data_x, data_y,
+                     idx, seed, step_index, augment, reg_ts, reg_weight):
   """One update: (variables, opt_state, metrics) after update ``step_index``.
 
   ``augment`` and ``reg_ts`` are TransformationSets (or None), traced, as is
@@ -480,6 +527,26 @@ def _train_step(spec: _StepSpec, variables, opt_state, data_x, data_y, idx,
   return {**variables, **new_state, "params": params}, opt_state, metrics
 
 
+_train_step = jax.jit(_train_step_body, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _ensemble_train_step(spec: _StepSpec, variables, opt_state, data_x,
+                         data_y, idx, seeds, step_index, augment, reg_ts,
+                         reg_weight):
+  """`_train_step` of K members in one program: a vmap over members.
+
+  ``variables``, ``opt_state``, ``idx`` (K, B) and ``seeds`` (K,) carry the
+  members' axis; the data, the step, the transformation sets and the
+  regularizer's weight are shared. Metrics come back with a leading K.
+  """
+  one = functools.partial(_train_step_body, spec)
+  return jax.vmap(one, in_axes=(0, 0, None, None, 0, 0, None, None, None,
+                                None))(
+      variables, opt_state, data_x, data_y, idx, seeds, step_index, augment,
+      reg_ts, reg_weight)
+
+
 
 def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
         train_labels: Any, *, eval_data: Sequence[Any] | None = None,
@@ -487,7 +554,8 @@ def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
         until: int | None = None,
         loss_fn: Callable[[Array, Array], Array] | None = None,
         callback: Callable[[dict], None] | None = None,
-        variables: dict | None = None) -> TrainState:
+        variables: dict | None = None,
+        seeds: Sequence[int] | None = None) -> TrainState:
   """Trains ``model`` on (images, labels) as ``cfg`` says.
 
   Randomness: the initialization uses split(PRNGKey(seed))[1]; update s
@@ -503,6 +571,21 @@ def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
   this call started; at evaluation steps ``"eval_accuracy"`` (and
   ``"eval_transformed_accuracy"``) in the same line (a line of their own
   when the step is not a log step).
+
+  Ensembles (``seeds=(s_1, ..., s_K)``): K members that differ only in
+  their seed train as one compiled program, the step `jax.vmap`-ped over
+  members; member k's initialization, batch order and per-step keys are
+  exactly those of ``fit`` with ``seed=s_k``, so it ends equal to that run
+  up to float round-off (vmapped kernels may sum in another order). The
+  returned state's ``variables`` and ``opt_state`` leaves have a leading
+  axis K in the order of ``seeds`` (``step`` is an int), ready for
+  ``invjax.capture.linen(model, state.variables, ensemble=True)``. Its
+  metrics lines have the same keys, each per-member metric (loss, ce, reg,
+  batch_accuracy, grad_norm, eval_*) a list of K floats in seed order;
+  ``step``, ``lr`` (shared) and ``time`` stay single numbers. A workdir
+  records ``"seeds"`` in config.json (with ``"seed": null``), checkpoints
+  the stacked state and resumes exactly as a single run does; a workdir
+  of a single run or of other seeds is refused.
 
   Resuming (a workdir with checkpoints): training continues from the latest
   checkpoint that restores. Its damaged successors are moved to
@@ -530,13 +613,19 @@ def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
       had been interrupted; rerun without it to finish.
     loss_fn: ``(logits, labels) -> scalar`` instead of the cross-entropy.
     callback: called with each metrics record.
-    variables: initial variables instead of ``model.init``.
+    variables: initial variables instead of ``model.init`` (with
+      ``seeds``: stacked, every leaf with a leading axis K).
+    seeds: train an ensemble, one member per seed (distinct ints >= 0);
+      replaces ``cfg.seed``, which must then be left at its default 0
+      (a non-zero ``cfg.seed`` with ``seeds`` is refused as ambiguous).
 
   Returns:
-    The final TrainState(step, variables, opt_state).
+    The final TrainState(step, variables, opt_state); with ``seeds`` its
+    variables and opt_state leaves are stacked, (K, ...).
 
   Raises:
-    ValueError: on malformed data, a config that is not a TrainConfig, a
+    ValueError: on malformed data, a config that is not a TrainConfig,
+      malformed ``seeds`` (or ``seeds`` with a non-zero ``cfg.seed``), a
       workdir holding a different run or one past ``cfg.steps``, damaged
       workdir files (the message names the file), or checkpoints none of
       which restores (the message names their directories; move them aside
@@ -544,6 +633,7 @@ def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
   """
   if not isinstance(cfg, TrainConfig):
     raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+  seeds = _check_seeds(seeds, cfg)
   images, labels = _check_data(train_images, train_labels)
   n = images.shape[0]
   if eval_data is not None:
@@ -562,10 +652,18 @@ def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
     end = until
   loss_fn = loss_fn or cross_entropy
 
-  if variables is None:
-    variables = _init_variables(model, cfg.seed, jnp.asarray(images[:1]))
   tx = make_optimizer(cfg)
-  opt_state = tx.init(variables["params"])
+  if seeds is None:
+    if variables is None:
+      variables = _init_variables(model, cfg.seed, jnp.asarray(images[:1]))
+    opt_state = tx.init(variables["params"])
+  else:
+    if variables is None:
+      variables = _init_ensemble(model, jnp.asarray(seeds, jnp.int32),
+                                 jnp.asarray(images[:1]))
+    else:
+      capture_lib.ensemble_size(variables, "variables", len(seeds))
+    opt_state = jax.vmap(tx.init)(variables["params"])
   start = 0
   window: list[dict] = []
 
@@ -574,6 +672,10 @@ def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     record = {"config": cfg.to_dict(), "model": repr(model)}
+    if seeds is not None:
+      # In the config, so that the resume check compares it (a single run
+      # has no "seeds" and its "seed" is an int).
+      record["config"].update(seed=None, seeds=list(seeds))
     workdir_lib.check_resume_config(workdir, record)
     workdir_lib.write_config(workdir, record)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -591,7 +693,8 @@ def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
                 handed, workdir, steps, lambda m, s: (
                     workdir_lib.restore_checkpoint(m, s, variables,
                                                    opt_state),
-                    workdir_lib.read_window(m, s))))
+                    _window_from_disk(workdir_lib.read_window(m, s),
+                                      seeds))))
         _, variables, opt_state = state
         moved = (workdir_lib.set_aside(manager, workdir,
                                        [s for s, _ in bad]) if bad
@@ -624,26 +727,88 @@ def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
                         opt_state, start, end, n, window,
                         manager, metrics_path, callback, progress,
                         (eval_x, eval_y, eval_ts) if eval_data is not None
-                        else None)
+                        else None, seeds)
   finally:
     if manager is not None:
       manager.close()
   return state
 
 
-def _log_record(window: Sequence[dict], step: int, t0: float) -> dict:
+def _check_seeds(seeds: Any, cfg: TrainConfig) -> tuple[int, ...] | None:
+  """``seeds`` as a tuple of ints (None: one model, ``cfg.seed``)."""
+  if seeds is None:
+    return None
+  if isinstance(seeds, np.ndarray) and seeds.ndim == 1:
+    seeds = seeds.tolist()
+  if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+    raise ValueError(f"seeds must be a sequence of ints, got {seeds!r}")
+  out = []
+  for s in seeds:
+    if (not isinstance(s, (int, np.integer)) or isinstance(s, bool) or
+        s < 0):
+      raise ValueError(f"seeds must be ints >= 0, got {s!r} in {seeds!r}")
+    out.append(int(s))
+  if not out:
+    raise ValueError("seeds is empty; give at least one seed (or leave it "
+                     "None to train one model with cfg.seed)")
+  if len(set(out)) != len(out):
+    raise ValueError(f"seeds has repeats ({out}); members that share a "
+                     "seed would be identical")
+  if cfg.seed != 0:
+    raise ValueError(f"both cfg.seed={cfg.seed} and seeds={out} given: with "
+                     "seeds= each member takes its seed from seeds; leave "
+                     "cfg.seed at its default 0 and list every member's "
+                     "seed in seeds")
+  return tuple(out)
+
+
+def _window_to_disk(window: Sequence[dict],
+                    seeds: tuple[int, ...] | None) -> list[dict]:
+  """An ensemble's per-step metrics (K,) as scalars ``"loss:k"``.
+
+  The checkpoint metadata holds scalars only (`workdir_lib._encode_window`).
+  """
+  if seeds is None:
+    return list(window)
+  host = jax.device_get(list(window))
+  return [{f"{k}:{i}": v[i] for k, v in m.items() for i in range(len(seeds))}
+          for m in host]
+
+
+def _window_from_disk(window: list[dict] | None,
+                      seeds: tuple[int, ...] | None) -> list[dict] | None:
+  """Inverse of `_window_to_disk`; None when a member's entry is missing."""
+  if window is None or seeds is None:
+    return window
+  try:
+    return [{k: np.stack([m[f"{k}:{i}"] for i in range(len(seeds))])
+             for k in {key.rsplit(":", 1)[0] for key in m}} for m in window]
+  except KeyError:
+    return None   # Treated as an unrecorded window (a warning, no error).
+
+
+def _log_record(window: Sequence[dict], step: int, t0: float,
+                ensemble: bool = False) -> dict:
   host = jax.device_get(list(window))
   record = {"step": step}
   for k in workdir_lib.WINDOW_KEYS:
-    record[k] = float(np.mean([m[k] for m in host], dtype=np.float64))
-  record["lr"] = float(host[-1]["lr"])
+    if ensemble:
+      # Per member, averaged over the steps as a single run's line is.
+      per_step = np.stack([m[k] for m in host]).astype(np.float64)
+      record[k] = [float(np.mean(per_step[:, i]))
+                   for i in range(per_step.shape[1])]
+    else:
+      record[k] = float(np.mean([m[k] for m in host], dtype=np.float64))
+  lr = np.asarray(host[-1]["lr"])
+  record["lr"] = float(lr.reshape(-1)[0])  # Equal for every member.
   record["time"] = round(time.perf_counter() - t0, 3)
   return record
 
 
 def _train_loop(model, cfg, loss_fn, images, labels, variables,
                 opt_state, start, end, n, window, manager,
-                metrics_path, callback, progress, eval_set) -> TrainState:
+                metrics_path, callback, progress, eval_set,
+                seeds=None) -> TrainState:
   spec = _step_spec(model, cfg, loss_fn)
   reg = cfg.regularizer
   reg_ts = None if reg is None else reg.transformations
@@ -655,6 +820,10 @@ def _train_loop(model, cfg, loss_fn, images, labels, variables,
   # the checkpoint there carries them on to the run that resumes.
   window = list(window)
   cache: dict = {}
+  ensemble = seeds is not None
+  if ensemble:
+    caches = [{} for _ in seeds]
+    seeds_arr = jnp.asarray(seeds, jnp.int32)
   bar = None
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
@@ -663,25 +832,38 @@ def _train_loop(model, cfg, loss_fn, images, labels, variables,
                unit="step")
   last_saved = start if manager is not None else None
   for s in range(start, end):
-    idx = _batch_indices(cfg.seed, s, cfg.batch_size, n, cache)
-    variables, opt_state, metrics = _train_step(
-        spec, variables, opt_state, data_x, data_y, idx, cfg.seed, s,
-        cfg.augment, reg_ts, reg_weight)
+    if ensemble:
+      # Each member's own batch: its rows of (K, B).
+      idx = np.stack([_batch_indices(seed, s, cfg.batch_size, n, c)
+                      for seed, c in zip(seeds, caches)])
+      variables, opt_state, metrics = _ensemble_train_step(
+          spec, variables, opt_state, data_x, data_y, idx, seeds_arr, s,
+          cfg.augment, reg_ts, reg_weight)
+    else:
+      idx = _batch_indices(cfg.seed, s, cfg.batch_size, n, cache)
+      variables, opt_state, metrics = _train_step(
+          spec, variables, opt_state, data_x, data_y, idx, cfg.seed, s,
+          cfg.augment, reg_ts, reg_weight)
     window.append(metrics)
     done = s + 1
     record = {}
     if done % cfg.log_every == 0 or done == end:
-      record = _log_record(window, done, t0)
+      record = _log_record(window, done, t0, ensemble)
       if done % cfg.log_every == 0:
         window = []
       if bar is not None:
         # Shown by the update below, with the step it belongs to.
-        bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        # An ensemble shows its members' mean loss.
+        bar.set_postfix(loss=f"{np.mean(record['loss']):.4f}",
+                        refresh=False)
     if eval_set is not None and (
         done == cfg.steps or done == end or
         (cfg.eval_every is not None and done % cfg.eval_every == 0)):
       ex, ey, ets = eval_set
-      res = evaluate(model, variables, ex, ey, transformations=ets)
+      res = evaluate(model, variables, ex, ey, transformations=ets,
+                     ensemble=ensemble)
+      if ensemble:
+        res = {k: [r[k] for r in res] for k in res[0]}
       record.setdefault("step", done)
       record.update({f"eval_{k}": v for k, v in res.items()})
     if record:
@@ -693,7 +875,8 @@ def _train_loop(model, cfg, loss_fn, images, labels, variables,
       # says they were written.
       files.fsync_file(metrics_path)
       workdir_lib.save_checkpoint(
-          manager, TrainState(done, variables, opt_state), window)
+          manager, TrainState(done, variables, opt_state),
+          _window_to_disk(window, seeds))
       last_saved = done
     if bar is not None:
       bar.update(1)
@@ -701,7 +884,8 @@ def _train_loop(model, cfg, loss_fn, images, labels, variables,
     bar.close()
   if manager is not None and last_saved != end and start < end:
     workdir_lib.save_checkpoint(
-        manager, TrainState(end, variables, opt_state), window)
+        manager, TrainState(end, variables, opt_state),
+        _window_to_disk(window, seeds))
   return TrainState(max(start, end), variables, opt_state)
 
 
