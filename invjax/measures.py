@@ -7,6 +7,7 @@ evaluated on one in-memory (B, T, ...) block by calling it.
 from invjax._src.base import Block
 from invjax._src.base import LayerSpec
 from invjax._src.base import Measure
+from invjax._src.base import Requirements
 from invjax._src.lie import layerwise_lie_derivative
 from invjax._src.lie import LayerwiseLieDerivative
 from invjax._src.lie import lie_derivative
@@ -40,6 +41,7 @@ __all__ = (
     "LayerwiseLieDerivative",
     "LieDerivative",
     "Measure",
+    "Requirements",
     "aligned_saliency",
     "anova",
     "anova_f",

@@ -149,7 +149,7 @@ def test_merge_equals_single_stream():
                        last=jnp.array(True))
     return m.update(m.init(spec), block)
 
-  merged = jax.jit(lambda u, v: m.finalize(m.merge(run(u), run(v))))(
+  merged = jax.jit(lambda u, v: m.finalize(m.merge(run(u), run(v)), spec))(
       x[:5], x[5:])
   whole = _call(m, x)
   np.testing.assert_allclose(merged["values"], whole["values"], rtol=1e-5)

@@ -101,7 +101,7 @@ ALIASES = _aliases()
 # trains with them; G-EED, predictive and logit invariance: differentiable
 # orbit statistics; the distances: safe_sqrt at 0, ND's graph holding TD's
 # and SD's). The *_same_equivariance forms run the same block maths (their
-# needs_inverse only tells the engine), so their plain forms stand for them.
+# requires.inverse only tells the engine), so their plain forms stand for them.
 DIFFERENTIABLE = {
     "transformation_variance", "sample_variance", "normalized_variance",
     "geed", "predictive_invariance", "logit_invariance",
@@ -143,7 +143,7 @@ def _block(x, ident, pass_index):
   return base.Block(x=x, mask=jnp.ones((b,), bool),
                     t_index=jnp.arange(t, dtype=jnp.int32),
                     t_mask=jnp.ones((t,), bool), first=jnp.array(True),
-                    last=jnp.array(True), identity=ident,
+                    last=jnp.array(True), untransformed=ident,
                     pass_index=pass_index)
 
 
@@ -153,7 +153,7 @@ def _merged_halves(m: base.Measure, x, ident):
   spec = base.LayerSpec("block", tuple(x.shape[2:]), x.dtype, x.shape[1],
                         x.shape[1], h)
   state = m.init(spec)
-  for p in range(m.num_passes):
+  for p in range(m.requires.passes):
     # Both halves start from the state after the previous pass (`merge`
     # combines only the current pass's statistics).
     a = m.update(state, _block(x[:h], ident[:h], p))
@@ -161,7 +161,7 @@ def _merged_halves(m: base.Measure, x, ident):
     state = m.merge(a, b)
     if m.end_pass is not None:
       state = m.end_pass(state, p)
-  return m.finalize(state)
+  return m.finalize(state, spec)
 
 
 def _pair_keys(m: base.Measure) -> tuple[set, set]:
@@ -199,9 +199,10 @@ def test_merge_of_halves_equals_whole_under_jit(case):
 
   @jax.jit
   def run(x, ident):
-    whole = m(x, identity=ident)
+    whole = m(x, untransformed=ident)
     # The halves' own values are needed only for pair statistics.
-    halves = ((m(x[:h], identity=ident[:h]), m(x[h:], identity=ident[h:]))
+    halves = ((m(x[:h], untransformed=ident[:h]),
+               m(x[h:], untransformed=ident[h:]))
               if pairs else (None, None))
     return whole, halves, _merged_halves(m, x, ident)
 
@@ -222,7 +223,7 @@ def test_block_value_is_differentiable(case):
   name, kw = case
   m = FACTORIES[name](**kw)
   x, ident = _data()
-  loss = lambda x: jnp.sum(m(x, identity=ident)["values"])
+  loss = lambda x: jnp.sum(m(x, untransformed=ident)["values"])
   g = jax.jit(jax.grad(loss))(x)
   assert g.shape == x.shape
   assert np.all(np.isfinite(np.asarray(g))), _id(case)
@@ -269,3 +270,16 @@ def test_no_recompile_on_second_call(caplog):
   assert len(first) == len(second) == len(_all_measures())
   assert any(a.per_layer["map"] != b.per_layer["map"]
              for a, b in zip(first, second))
+
+
+def test_identity_keyword_is_a_deprecated_name_of_untransformed():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(4, 3, 5)).astype(np.float32)
+  ident = rng.normal(size=(4, 5)).astype(np.float32)
+  m = ms.geed(reference="identity")
+  with pytest.warns(DeprecationWarning, match="untransformed="):
+    old = m(x, identity=ident)
+  np.testing.assert_array_equal(old["geed"], m(x, untransformed=ident)["geed"])
+  with pytest.raises(ValueError, match="untransformed= only"):
+    with pytest.warns(DeprecationWarning):
+      m(x, identity=ident, untransformed=ident)

@@ -232,7 +232,7 @@ def test_merge_keeps_pairs_of_each_part():
                           last=jnp.array(True))
     return m.update(m.init(spec), block)
 
-  merged = jax.jit(lambda u, v: m.finalize(m.merge(run(u), run(v))))(
+  merged = jax.jit(lambda u, v: m.finalize(m.merge(run(u), run(v)), spec))(
       x[:5], x[5:])
   a, b = x[:5].astype(np.float64), x[5:].astype(np.float64)
   td_a, sd_a = _reference(a, window=9)
@@ -251,4 +251,5 @@ def test_bad_settings():
     dm.distance_invariance(normalize="l2")
   assert dm.distance_invariance().key == dm.normalized_distance().key
   m = dm.distance_same_equivariance()
-  assert m.needs_inverse and m.name == "normalized_distance_same_equivariance"
+  assert m.requires.inverse
+  assert m.name == "normalized_distance_same_equivariance"

@@ -84,7 +84,8 @@ def test_block_matches_reference(shape):
   measures = [geed(distance=d, reference=r, normalize=n) for d, r, n in
               _SETTINGS]
   # One compiled program for all twelve settings.
-  outs = jax.jit(lambda x, i: [m(x, identity=i if m.needs_identity else None)
+  use = lambda m, i: i if m.requires.untransformed else None
+  outs = jax.jit(lambda x, i: [m(x, untransformed=use(m, i))
                                for m in measures])(x, ident)
   for (distance, reference, normalize), out in zip(_SETTINGS, outs):
     expected = reference_geed(x, ident, distance, reference, normalize)
@@ -119,8 +120,8 @@ def test_cosine_uses_the_whole_activation_and_zero_vectors():
   @jax.jit
   def run():
     ident = geed(reference="identity")
-    return (ident(x, identity=a[:, 0])["geed"], geed()(z)["geed"],
-            ident(half, identity=np.zeros((1, 4), np.float32))["geed"],
+    return (ident(x, untransformed=a[:, 0])["geed"], geed()(z)["geed"],
+            ident(half, untransformed=np.zeros((1, 4), np.float32))["geed"],
             geed()(half)["geed"])
 
   whole, zeros, half_identity, half_centroid = (float(v) for v in run())
@@ -150,7 +151,7 @@ def test_grad_matches_finite_differences(distance, reference):
   ident = jnp.asarray(rng.normal(size=(3, 6)), jnp.float32)
   m = geed(distance=distance, reference=reference, normalize="pairwise")
   f = jax.jit(lambda x: m(
-      x, identity=ident if reference == "identity" else None)["geed"])
+      x, untransformed=ident if reference == "identity" else None)["geed"])
   g = jax.jit(jax.grad(f))(x)
   assert np.all(np.isfinite(g)) and float(jnp.abs(g).max()) > 0
   v = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
@@ -176,9 +177,10 @@ def _stream(m, x, ident, batch, chunk):
       [a, np.repeat(a[:1], rows - a.shape[0], 0)]) if rows > a.shape[0] else a
   x = pad(pad(x, nb * batch).swapaxes(0, 1), nc * chunk).swapaxes(0, 1)
   ident = None if ident is None else pad(ident, nb * batch)
-  state = m.init(base.LayerSpec("l", x.shape[2:], x.dtype, t, nc * chunk,
-                                batch))
-  update = jax.jit(m.update)
+  spec = base.LayerSpec("l", x.shape[2:], x.dtype, t, nc * chunk, batch)
+  state = m.init(spec)
+  # The Block's whole_orbit is static: built inside the traced function.
+  update = jax.jit(lambda s, b: m.update(s, b._replace(whole_orbit=nc == 1)))
   for i in range(nb):
     rows = slice(i * batch, (i + 1) * batch)
     for j in range(nc):
@@ -189,9 +191,9 @@ def _stream(m, x, ident, batch, chunk):
           t_index=jnp.arange(j * chunk, (j + 1) * chunk),
           t_mask=jnp.arange(j * chunk, (j + 1) * chunk) < t,
           first=jnp.array(j == 0), last=jnp.array(j == nc - 1),
-          identity=None if ident is None else jnp.asarray(ident[rows]))
+          untransformed=None if ident is None else jnp.asarray(ident[rows]))
       state = update(state, block)
-  return state
+  return state, spec
 
 
 @pytest.mark.parametrize("distance,reference,normalize", [
@@ -205,7 +207,8 @@ def test_streamed_tiles_match_reference(distance, reference, normalize, batch,
   x = rng.normal(size=(10, 5, 2, 3)).astype(np.float32)
   ident = rng.normal(size=(10, 2, 3)).astype(np.float32)
   m = geed(distance=distance, reference=reference, normalize=normalize)
-  out = jax.jit(m.finalize)(_stream(m, x, ident, batch, chunk))
+  state, spec = _stream(m, x, ident, batch, chunk)
+  out = jax.jit(lambda s: m.finalize(s, spec))(state)
   expected = reference_geed(x, ident, distance, reference, normalize)
   np.testing.assert_allclose(out["geed"], expected, rtol=1e-5, atol=2e-6)
 
@@ -220,9 +223,11 @@ def test_merge():
   rng = np.random.default_rng(2)
   x = rng.normal(size=(9, 4, 5)).astype(np.float32)
   m = geed(normalize="pairwise")
-  a, b = _stream(m, x[:4], None, 4, 4), _stream(m, x[4:], None, 5, 4)
-  out = jax.jit(lambda a, b: m.finalize(m.merge(a, b)))(a, b)
-  whole = jax.jit(m.finalize)(_stream(m, x, None, 9, 4))
+  (a, spec), (b, _) = _stream(m, x[:4], None, 4, 4), _stream(m, x[4:], None,
+                                                             5, 4)
+  out = jax.jit(lambda a, b: m.finalize(m.merge(a, b), spec))(a, b)
+  whole_state, spec = _stream(m, x, None, 9, 4)
+  whole = jax.jit(lambda s: m.finalize(s, spec))(whole_state)
   np.testing.assert_allclose(out["deviation"], whole["deviation"], rtol=1e-6)
   # The pair (x_3, x_4) straddling the two sets is not formed.
   refs = x.astype(np.float64).mean(axis=1)
@@ -243,7 +248,7 @@ def test_bad_arguments():
   assert dict(geed().settings)["reference"] == "centroid"
   m = geed(equivariant=True)
   assert dict(m.settings)["reference"] == "identity"
-  assert m.needs_inverse and m.needs_identity
+  assert m.requires.inverse and m.requires.untransformed
 
 
 # ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def images():
 
 def _call(measure, x, identity):
   """Measure.__call__ under jit: one compilation instead of many eager ops."""
-  return jax.jit(lambda v, i: measure(v, identity=i))(x, identity)
+  return jax.jit(lambda v, i: measure(v, untransformed=i))(x, identity)
 
 
 def _threshold(identity, kind, alpha):
@@ -185,14 +185,14 @@ def test_merge_per_pass_equals_single_stream(kind):
 
   def run():
     state = m.init(spec)
-    for p in range(m.num_passes):
+    for p in range(m.requires.passes):
       parts = [m.update(state, base.Block(
           x=acts[s], mask=jnp.ones(5, bool), t_index=jnp.arange(3),
           t_mask=jnp.ones(3, bool), first=jnp.array(True),
-          last=jnp.array(True), identity=ident[s], pass_index=p))
+          last=jnp.array(True), untransformed=ident[s], pass_index=p))
                for s in (slice(0, 5), slice(5, 10))]
       state = m.end_pass(m.merge(*parts), p)
-    return m.finalize(state)
+    return m.finalize(state, spec)
 
   merged = jax.jit(run)()
   whole = _call(m, acts, ident)
@@ -202,8 +202,8 @@ def test_merge_per_pass_equals_single_stream(kind):
 
 def test_needs_identity():
   m = gf.goodfellow()
-  assert m.needs_identity and m.num_passes == 2
-  assert gf.goodfellow(threshold="quantile").num_passes == 3
+  assert m.requires.untransformed and m.requires.passes == 2
+  assert gf.goodfellow(threshold="quantile").requires.passes == 3
   with pytest.raises(ValueError, match="untransformed"):
     m(np.zeros((3, 2, 4), np.float32))
 

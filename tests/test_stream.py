@@ -115,7 +115,7 @@ def test_reiterable_object_with_short_batches_in_the_middle(data, from_array):
 def test_one_shot_generator_serves_single_pass_measures(data, from_array):
   x, _ = data
   single = [(m, r) for m, r in zip(_families(), from_array)
-            if m.num_passes == 1]
+            if m.requires.passes == 1]
   measures = [m for m, _ in single]
   got = invjax.measure(_model, (b for b in _split(x, (3, 4, 2))), tr.rot90(),
                        measures, batch_size=B)

@@ -257,7 +257,7 @@ def test_merge_equals_single_stream():
                      last=jnp.array(True))
     return m.update(state, block)
 
-  merged = m.finalize(m.merge(run(x[:5]), run(x[5:])))
+  merged = m.finalize(m.merge(run(x[:5]), run(x[5:])), spec)
   whole = m(x)
   for k in ("values", "numerator", "denominator"):
     np.testing.assert_allclose(merged[k], whole[k], rtol=1e-5)

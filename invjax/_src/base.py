@@ -5,8 +5,12 @@ statistics*, in the spirit of optax's `GradientTransformation`:
 
     state = measure.init(spec)                  # per layer
     state = measure.update(state, block)        # block.x: (B, T, *shape)
-    state = measure.merge(state_a, state_b)     # across chunks / devices
-    outputs = measure.finalize(state)           # {"values": (*shape), ...}
+    state = measure.merge(state_a, state_b)     # disjoint sample sets
+    outputs = measure.finalize(state, spec)     # {"values": (*shape), ...}
+
+What a measure needs from the engine beyond its blocks (the untransformed
+activations, inverse warps, several passes, a single device) it declares
+once, in its `Requirements`.
 
 `invjax.measure` streams a dataset through these functions inside one compiled
 XLA program (`lax.scan` over sample batches). The same per-block maths is
@@ -16,6 +20,7 @@ differentiable function suitable for training losses.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -50,7 +55,7 @@ class Block(NamedTuple):
 
   Attributes:
     x: (B, Tc, *shape) activations of the transformed samples. For measures
-      with ``needs_inverse`` the inverse transformation has been applied to
+      requiring ``inverse`` the inverse transformation has been applied to
       each feature map first (same-equivariance).
     mask: (B,) bool, False for padding samples.
     t_index: (Tc,) int32 global index of each transformation in the set:
@@ -59,10 +64,13 @@ class Block(NamedTuple):
     first: () bool, True on the first transformation chunk of a batch.
     last: () bool, True on the last transformation chunk of a batch.
     labels: (B,) int32 class labels, or None when none were given.
-    identity: (B, *shape) activations of the untransformed samples when the
-      measure sets ``needs_identity``, else None.
+    untransformed: (B, *shape) activations of the untransformed samples when
+      the measure requires them (``Requirements.untransformed``), else None.
     pass_index: which pass over the data this is (Python int; multi-pass
       measures only).
+    whole_orbit: (Python bool) the tile holds every transformation of its
+      samples (one transformation chunk), so a measure may compute orbit
+      statistics directly instead of accumulating them over chunks.
   """
   x: Array
   mask: Array
@@ -71,8 +79,34 @@ class Block(NamedTuple):
   first: Array
   last: Array
   labels: Array | None = None
-  identity: Array | None = None
+  untransformed: Array | None = None
   pass_index: int = 0
+  whole_orbit: bool = True
+
+
+class Requirements(NamedTuple):
+  """What a measure needs from the engine, read in one place.
+
+  Attributes:
+    untransformed: hand ``update`` the untransformed activations
+      (``Block.untransformed``): one more forward pass of each batch.
+    inverse: map each feature map back by the inverse transformation before
+      ``update`` (same-equivariance); layers that are not (B, h, w, c)
+      feature maps are skipped, with a note.
+    passes: passes over the data (Goodfellow's thresholds need 2 or 3).
+    untransformed_passes: the passes whose ``update`` reads only
+      ``Block.untransformed`` (``Block.x`` is then None): the engine skips the
+      transformed forward pass for them. The engine schedules a multi-pass
+      measure so that its last pass is the last sweep over the data, shared
+      with the single-pass measures.
+    shardable: ``update`` may run under a mesh (XLA's partitioner splits
+      it); False for a Pallas kernel, which the partitioner cannot split.
+  """
+  untransformed: bool = False
+  inverse: bool = False
+  passes: int = 1
+  untransformed_passes: tuple[int, ...] = ()
+  shardable: bool = True
 
 
 class Measure(NamedTuple):
@@ -84,21 +118,20 @@ class Measure(NamedTuple):
     update: ``(state, Block) -> state``. Must ignore rows with ``mask`` False
       and columns with ``t_mask`` False.
     merge: ``(state, state) -> state``: combine statistics of disjoint sample
-      sets (between whole batches).
-    finalize: ``state -> {"values": (*shape), ...}``. A ratio measure also
-      returns ``"numerator"`` and ``"denominator"``: per-feature-map values are
-      then the ratio of spatial means (tmeasures' ``AverageFeatureMaps``).
+      sets (between whole batches). The engine carries one state through
+      the batches of a run; ``merge`` is the user-facing way to combine runs
+      over parts of a dataset (e.g. shards measured apart), and the contract
+      test (`tests/test_contract.py`) checks for every factory that merging
+      the states of two halves equals the whole.
+    finalize: ``(state, spec) -> {"values": (*shape), ...}``; ``spec`` is the
+      layer's `LayerSpec` (static shapes need not live in the state). A
+      ratio measure also returns ``"numerator"`` and ``"denominator"``:
+      per-feature-map values are then the ratio of spatial means (tmeasures'
+      ``AverageFeatureMaps``).
     settings: hashable ``((key, value), ...)`` recorded in results; two
       measures with equal name and settings compute the same thing.
-    needs_inverse: apply the inverse transformation to feature maps first.
-    needs_identity: also hand the untransformed activations to ``update``.
-    num_passes: passes over the data (Goodfellow's thresholds need two).
+    requires: what the engine must provide (`Requirements`).
     end_pass: ``(state, pass_index) -> state`` called after each pass.
-    identity_passes: the passes whose ``update`` reads only
-      ``Block.identity`` (``Block.x`` is then None): the engine skips the
-      transformed forward pass for them. The engine schedules a multi-pass
-      measure so that its last pass is the last sweep over the data, shared
-      with the single-pass measures.
     check: optional ``(num_samples, num_transformations) -> None`` that
       raises a ValueError when statistics over that many samples and
       transformations have no degrees of freedom (so the measure would
@@ -112,22 +145,19 @@ class Measure(NamedTuple):
   init: Callable[[LayerSpec], State]
   update: Callable[[State, Block], State]
   merge: Callable[[State, State], State]
-  finalize: Callable[[State], Mapping[str, Array]]
+  finalize: Callable[[State, LayerSpec], Mapping[str, Array]]
   settings: tuple[tuple[str, Any], ...] = ()
-  needs_inverse: bool = False
-  needs_identity: bool = False
-  num_passes: int = 1
+  requires: Requirements = Requirements()
   end_pass: Callable[[State, int], State] | None = None
-  identity_passes: tuple[int, ...] = ()
   check: Callable[[int, int], None] | None = None
 
   @property
   def key(self) -> tuple[Any, ...]:
     """Hashable identity used to cache compiled programs."""
-    return (self.name, self.settings, self.needs_inverse, self.needs_identity,
-            self.num_passes, self.identity_passes)
+    return (self.name, self.settings, self.requires)
 
   def __call__(self, x: Array, *, labels: Array | None = None,
+               untransformed: Array | None = None,
                identity: Array | None = None) -> Mapping[str, Array]:
     """Evaluates the measure on one in-memory block, without streaming.
 
@@ -137,12 +167,20 @@ class Measure(NamedTuple):
       x: (B, T, *shape) activations (already inverse-transformed for
         same-equivariance measures).
       labels: optional (B,) int labels.
-      identity: (B, *shape) untransformed activations, for measures that need
-        them.
+      untransformed: (B, *shape) untransformed activations, for measures
+        that need them.
+      identity: deprecated name of ``untransformed``.
 
     Returns:
       The ``finalize`` outputs, e.g. ``{"values": (*shape), ...}``.
     """
+    if identity is not None:
+      warnings.warn("Measure(..., identity=) is deprecated: pass "
+                    "untransformed=", DeprecationWarning, stacklevel=2)
+      if untransformed is not None:
+        raise ValueError("pass untransformed= only (identity= is its old "
+                         "name)")
+      untransformed = identity
     x = jnp.asarray(x)
     if x.ndim < 2:
       raise ValueError(
@@ -150,16 +188,16 @@ class Measure(NamedTuple):
     b, t = x.shape[:2]
     spec = LayerSpec("block", tuple(x.shape[2:]), x.dtype, t, t, b)
     state = self.init(spec)
-    for p in range(self.num_passes):
+    for p in range(self.requires.passes):
       block = Block(x=x, mask=jnp.ones((b,), bool),
                     t_index=jnp.arange(t, dtype=jnp.int32),
                     t_mask=jnp.ones((t,), bool), first=jnp.array(True),
-                    last=jnp.array(True), labels=labels, identity=identity,
-                    pass_index=p)
+                    last=jnp.array(True), labels=labels,
+                    untransformed=untransformed, pass_index=p)
       state = self.update(state, block)
       if self.end_pass is not None:
         state = self.end_pass(state, p)
-    return self.finalize(state)
+    return self.finalize(state, spec)
 
 
 def settings_tuple(**settings: Any) -> tuple[tuple[str, Any], ...]:

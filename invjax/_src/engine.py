@@ -96,19 +96,20 @@ class _Plan:
   """Everything static about one set of compiled measure programs."""
 
   def __init__(self, acts, ts, measures, layers, specs, spatial, b, tc, nc,
-               input_hw, num_classes, mesh, need_identity, has_labels):
+               input_hw, num_classes, mesh, need_untransformed, has_labels):
     self.acts, self.ts, self.measures = acts, ts, measures
     self.layers, self.specs, self.spatial = layers, specs, spatial
     self.b, self.tc, self.nc = b, tc, nc
     self.input_hw, self.num_classes = input_hw, num_classes
     self.mesh = mesh
-    self.need_identity = need_identity
+    self.need_untransformed = need_untransformed
     self.has_labels = has_labels
     self.members = acts.members         # None, or K ensemble members
-    self.num_passes = max(m.num_passes for m in measures)
+    self.num_passes = max(m.requires.passes for m in measures)
 
   def layers_for(self, m: base.Measure) -> list[str]:
-    return [l for l in self.layers if self.spatial[l] or not m.needs_inverse]
+    return [l for l in self.layers
+            if self.spatial[l] or not m.requires.inverse]
 
 
 def _build_program(plan: _Plan):
@@ -124,7 +125,7 @@ def _build_program(plan: _Plan):
   acts, action, measures = plan.acts, plan.ts.action, plan.measures
   b, tc, nc, k = plan.b, plan.tc, plan.nc, plan.num_classes
   layers = plan.layers
-  any_inverse = any(m.needs_inverse for m in measures)
+  any_inverse = any(m.requires.inverse for m in measures)
   max_passes = plan.num_passes
 
   def constrain(x):
@@ -170,14 +171,15 @@ def _build_program(plan: _Plan):
     Multi-pass measures start early so that every measure's last pass is the
     last global pass: single-pass measures then share the final sweep.
     """
-    p = g - (max_passes - m.num_passes)
+    p = g - (max_passes - m.requires.passes)
     return p if p >= 0 else None
 
   def needs_transformed(g):
     return any(local_pass(m, g) is not None and
-               local_pass(m, g) not in m.identity_passes for m in measures)
+               local_pass(m, g) not in m.requires.untransformed_passes
+               for m in measures)
 
-  def finite_masks(mask, tiles, identity):
+  def finite_masks(mask, tiles, untransformed):
     """Per layer: mask & the samples whose activations there are finite.
 
     A sample with a NaN or inf activation in a layer (in any transformation
@@ -187,7 +189,7 @@ def _build_program(plan: _Plan):
     masks = {}
     for l in layers:
       ok = mask
-      for src in (tiles, identity):
+      for src in (tiles, untransformed):
         if src is not None:
           a = src[l]
           # A sum is non-finite iff a term is (or it overflows float32,
@@ -206,8 +208,8 @@ def _build_program(plan: _Plan):
       new[l] = counts[l] + jnp.sum(excluded, axis=0, dtype=jnp.int32)
     return new
 
-  def update_all(states, g, src_of, identity, masks, labels, t_index, t_mask,
-                 first, last):
+  def update_all(states, g, src_of, untransformed, masks, labels, t_index,
+                 t_mask, first, last):
     new_states = []
     for m, st in zip(measures, states):
       p = local_pass(m, g)
@@ -220,7 +222,9 @@ def _build_program(plan: _Plan):
         block = base.Block(
             x=None if src is None else src[l], mask=masks[l], t_index=t_index,
             t_mask=t_mask, first=first, last=last, labels=labels,
-            identity=None if identity is None else identity[l], pass_index=p)
+            untransformed=None if untransformed is None else untransformed[l],
+            pass_index=p,
+            whole_orbit=nc == 1)
         st[l] = update(m, st[l], block)
       new_states.append(st)
     return new_states
@@ -230,7 +234,7 @@ def _build_program(plan: _Plan):
     imgs, mask, labels = inputs
     labels = labels if plan.has_labels else None
     imgs = constrain(imgs)
-    identity = forward(params, imgs) if plan.need_identity else None
+    untransformed = forward(params, imgs) if plan.need_untransformed else None
     # Exclusions are counted once, in the last sweep, which every measure
     # shares; a sample left out of any chunk of its orbit counts once.
     last_sweep = g == max_passes - 1
@@ -238,8 +242,8 @@ def _build_program(plan: _Plan):
     if not needs_transformed(g):
       # Every active measure reads only the untransformed activations: one
       # forward pass of B images instead of B × T.
-      masks = finite_masks(mask, None, identity)
-      states = update_all(states, g, lambda m, p: None, identity, masks,
+      masks = finite_masks(mask, None, untransformed)
+      states = update_all(states, g, lambda m, p: None, untransformed, masks,
                           labels, jnp.arange(tc), tmask[0], jnp.array(True),
                           jnp.array(True))
       if last_sweep:
@@ -260,10 +264,11 @@ def _build_program(plan: _Plan):
           for l in layers:
             if plan.spatial[l]:
               inverted[l] = pin(jax.vmap(jax.vmap(inv), (None, 0))(tp, out[l]))
-        src_of = lambda m, p: (None if p in m.identity_passes else
-                               inverted if m.needs_inverse else out)
-        masks = finite_masks(mask, out, identity)
-        states = update_all(states, g, src_of, identity, masks, labels,
+        src_of = lambda m, p: (
+            None if p in m.requires.untransformed_passes else
+            inverted if m.requires.inverse else out)
+        masks = finite_masks(mask, out, untransformed)
+        states = update_all(states, g, src_of, untransformed, masks, labels,
                             ci * tc + jnp.arange(tc), tm, ci == 0,
                             ci == nc - 1)
         return (states, {l: kept[l] & masks[l] for l in layers}), None
@@ -336,8 +341,11 @@ def _build_program(plan: _Plan):
 
   @per_member
   def finalize_program(states):
-    finalize = lambda m, s: jax.vmap(m.finalize)(s) if k else m.finalize(s)
-    return [{l: dict(finalize(m, s)) for l, s in st.items()}
+    def finalize(m, s, spec):
+      if k:
+        return jax.vmap(lambda s: m.finalize(s, spec))(s)
+      return m.finalize(s, spec)
+    return [{l: dict(finalize(m, s, plan.specs[l])) for l, s in st.items()}
             for m, st in zip(measures, states)]
 
   return types.SimpleNamespace(init=init_program, step=step,
@@ -487,14 +495,13 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
     if not isinstance(mesh, Mesh) or "data" not in mesh.axis_names:
       raise ValueError("mesh must be a jax.sharding.Mesh with a 'data' axis")
     devices = mesh.shape["data"]
-    fused = [m.name for m in measures
-             if dict(m.settings).get("implementation") == "pallas"]
-    if fused:
-      # XLA's partitioner cannot split a Pallas kernel: it would gather
-      # every tile onto each device.
+    single_device = [f"{m.name}{dict(m.settings)}" for m in measures
+                     if not m.requires.shardable]
+    if single_device:
       raise ValueError(
-          f"{fused}: implementation='pallas' runs on one device; use "
-          "implementation='xla' with mesh=")
+          f"{', '.join(single_device)} runs on one device (e.g. "
+          "implementation='pallas': XLA's partitioner cannot split its "
+          "kernel); use implementation='xla' with mesh=")
     # The program leaves layout decisions to XLA's partitioner, which needs
     # Auto axes; `jax.make_mesh` may default to Explicit ones.
     mesh = Mesh(mesh.devices, mesh.axis_names,
@@ -561,9 +568,9 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
     h, w, c = source.hwc
     dtype = source.dtype
     n = None
-  multi = [m.name for m in measures if m.num_passes > 1]
+  multi = [m.name for m in measures if m.requires.passes > 1]
   if source.one_shot and multi:
-    passes = max(m.num_passes for m in measures)
+    passes = max(m.requires.passes for m in measures)
     raise ValueError(
         f"{', '.join(multi)} reads the data {passes} times, but images is a "
         "one-shot iterator (iter(data) is data, e.g. "
@@ -595,7 +602,7 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
     spatial[l] = len(s.shape) == 4       # (B, h, w, c): a feature map
   notes = {}
   for m in measures:
-    if m.needs_inverse:
+    if m.requires.inverse:
       for l in names:
         if not spatial[l]:
           notes.setdefault(m.name, {})[l] = (
@@ -612,7 +619,7 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
   num_classes = len(classes) if stratify else 0
   plan = _Plan(acts, transformations, measures, names, specs, spatial, b, tc,
                nc, (h, w), num_classes, mesh,
-               any(m.needs_identity for m in measures), has_labels)
+               any(m.requires.untransformed for m in measures), has_labels)
   # Everything the traced programs close over: a new image or layer shape
   # must build new programs, not retrace the old ones.
   key = (acts.key, transformations.action, tuple(m.key for m in measures),
@@ -987,16 +994,17 @@ def measure_block(activations: Any, images: jax.Array, transformations: Any,
   names = capture.select_layers(list(out), layers)
   if measure.check is not None:
     measure.check(b, transformations.parameters.shape[0])
-  untransformed = acts.apply(params, images) if measure.needs_identity else None
+  untransformed = (acts.apply(params, images) if measure.requires.untransformed
+                   else None)
   results = {}
   for l in names:
     a = out[l].reshape((b, t) + out[l].shape[1:])
-    if measure.needs_inverse:
+    if measure.requires.inverse:
       if a.ndim != 5:
         continue
       inv = lambda p, fm: transformations.action.inverse(p, fm,
                                                          input_shape=(h, w))
       a = jax.vmap(jax.vmap(inv), (None, 0))(transformations.parameters, a)
-    identity = None if untransformed is None else untransformed[l]
-    results[l] = measure(a, identity=identity)
+    results[l] = measure(
+        a, untransformed=None if untransformed is None else untransformed[l])
   return results

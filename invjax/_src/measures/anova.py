@@ -135,7 +135,8 @@ def anova_f() -> base.Measure:
     A `Measure` whose ``values`` are F (shaped like one activation) and which
     also returns ``"p_value"``, P(F(m − 1, m(n − 1)) > F).
   """
-  def finalize(state):
+  def finalize(state, spec):
+    del spec
     f, p, _, _ = f_statistic(state.columns, state.valid)
     return {"values": f, "p_value": p}
 
@@ -169,9 +170,9 @@ def anova(*, alpha: float = 0.01, bonferroni: bool = True) -> base.Measure:
     raise ValueError(f"alpha must be a significance level in (0, 1), got "
                      f"{alpha!r}")
 
-  def finalize(state):
+  def finalize(state, spec):
     f, p, _, _ = f_statistic(state.columns, state.valid)
-    units = math.prod(f.shape)      # static: the layer's activation count
+    units = math.prod(spec.shape)   # the layer's activation count
     level = alpha / units if bonferroni else alpha
     return {"values": (p <= level).astype(jnp.float32), "f": f, "p_value": p}
 

@@ -39,13 +39,13 @@ class Statistic(NamedTuple):
     init: ``LayerSpec -> state``.
     update: ``(state, Block) -> state``, ignoring masked rows and columns.
     merge: ``(state, state) -> state`` over disjoint sample sets.
-    finalize: ``state -> statistic``; an array of the activation's shape for
-      `single` and `ratio`.
+    finalize: ``(state, spec) -> statistic``; an array of the activation's
+      shape for `single` and `ratio`.
   """
   init: Callable[[base.LayerSpec], State]
   update: Callable[[State, base.Block], State]
   merge: Callable[[State, State], State]
-  finalize: Callable[[State], Any]
+  finalize: Callable[[State, base.LayerSpec], Any]
 
 
 class RatioState(NamedTuple):
@@ -56,14 +56,14 @@ class RatioState(NamedTuple):
 
 def single(name: str, statistic: Statistic, *,
            settings: tuple[tuple[str, Any], ...] = (),
-           needs_inverse: bool = False,
+           requires: base.Requirements = base.Requirements(),
            check: Callable[[int, int], None] | None = None) -> base.Measure:
   """A `Measure` whose ``values`` are one statistic.
 
   Args:
     name: the measure's name.
     statistic: the streamed statistic; its state is the measure's.
-    settings, needs_inverse, check: as in `Measure`.
+    settings, requires, check: as in `Measure`.
 
   Returns:
     A `Measure` whose ``finalize`` gives ``{"values": statistic}``.
@@ -71,14 +71,14 @@ def single(name: str, statistic: Statistic, *,
   return base.Measure(
       name=name, init=statistic.init, update=statistic.update,
       merge=statistic.merge,
-      finalize=lambda state: {"values": statistic.finalize(state)},
-      settings=settings, needs_inverse=needs_inverse, check=check)
+      finalize=lambda state, spec: {"values": statistic.finalize(state, spec)},
+      settings=settings, requires=requires, check=check)
 
 
 def ratio(name: str, numerator: Statistic, denominator: Statistic, *,
           divide: Callable[[Array, Array], Array],
           settings: tuple[tuple[str, Any], ...] = (),
-          needs_inverse: bool = False,
+          requires: base.Requirements = base.Requirements(),
           check: Callable[[int, int], None] | None = None) -> base.Measure:
   """A `Measure` of N / D for two statistics streamed in one pass.
 
@@ -91,7 +91,7 @@ def ratio(name: str, numerator: Statistic, denominator: Statistic, *,
     denominator: the statistic D.
     divide: ``(N, D) -> values``: the division rule for zero denominators,
       e.g. `stats.safe_divide` (0/0 → 1, x/0 → inf).
-    settings, needs_inverse, check: as in `Measure`.
+    settings, requires, check: as in `Measure`.
 
   Returns:
     A `Measure` with state `RatioState` whose ``finalize`` gives
@@ -110,11 +110,11 @@ def ratio(name: str, numerator: Statistic, denominator: Statistic, *,
     return RatioState(numerator.merge(a.numerator, b.numerator),
                       denominator.merge(a.denominator, b.denominator))
 
-  def finalize(state: RatioState) -> Mapping[str, Array]:
-    num = numerator.finalize(state.numerator)
-    den = denominator.finalize(state.denominator)
+  def finalize(state: RatioState, spec: base.LayerSpec) -> Mapping[str, Array]:
+    num = numerator.finalize(state.numerator, spec)
+    den = denominator.finalize(state.denominator, spec)
     return {"values": divide(num, den), "numerator": num, "denominator": den}
 
   return base.Measure(name=name, init=init, update=update, merge=merge,
                       finalize=finalize, settings=settings,
-                      needs_inverse=needs_inverse, check=check)
+                      requires=requires, check=check)

@@ -166,9 +166,8 @@ def _td(normalize: bool) -> combinators.Statistic:
   def merge(a: TDState, b: TDState) -> TDState:
     return TDState(b.orbit, stats.merge_mean(a.samples, b.samples))
 
-  def finalize(state: TDState) -> jax.Array:
-    # The activation shape is static in the orbit buffer's.
-    return _broadcast(state.samples.mean, state.orbit.shape[2:])
+  def finalize(state: TDState, spec: base.LayerSpec) -> jax.Array:
+    return _broadcast(state.samples.mean, spec.shape)
 
   return combinators.Statistic(init, update, merge, finalize)
 
@@ -238,9 +237,8 @@ def _sd(normalize: bool, window: int) -> combinators.Statistic:
     return SDState(b.ring, b.ring_valid,
                    stats.merge_mean(a.columns, b.columns))
 
-  def finalize(state: SDState) -> jax.Array:
-    return _broadcast(jnp.mean(state.columns.mean, axis=0),
-                      state.ring.shape[2:])
+  def finalize(state: SDState, spec: base.LayerSpec) -> jax.Array:
+    return _broadcast(jnp.mean(state.columns.mean, axis=0), spec.shape)
 
   return combinators.Statistic(init, update, merge, finalize)
 
@@ -268,7 +266,8 @@ def _measure(kind: str, normalize: bool, window: int,
                           min_transformations=1 if kind == "sd" else 2,
                           why="distances need pairs")
   common = dict(settings=base.settings_tuple(**settings),
-                needs_inverse=same_equivariance, check=check)
+                requires=base.Requirements(inverse=same_equivariance),
+                check=check)
   td, sd = _td(normalize), _sd(normalize, window)
   if kind == "td":
     return combinators.single(name, td, **common)

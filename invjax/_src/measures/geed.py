@@ -150,6 +150,7 @@ def geed(*, distance: str = "cosine", equivariant: bool = False,
       "geed", orbit, key="geed",
       settings=base.settings_tuple(distance=distance, equivariant=equivariant,
                                    reference=reference, normalize=normalize),
-      needs_inverse=equivariant, needs_identity=reference == "identity",
+      requires=base.Requirements(inverse=equivariant,
+                                 untransformed=reference == "identity"),
       pair_distance=pair_distance,
       chunk_error="distance='euclidean' with reference='centroid'")

@@ -26,7 +26,7 @@ likely than on a random input. L = 0 when the unit never fires on the data
 (GF = safe_divide(0, 0) = 1). The paper's layer score (the mean over the top
 20 % of units) is left to the user: the values are per unit.
 
-Thresholds (from the n untransformed samples, ``needs_identity``):
+Thresholds (from the n untransformed samples, ``Requirements.untransformed``):
 
 * ``"normal"``: τ = μ + σ Φ⁻¹(alpha), with the mean μ and the ddof = 1
   standard deviation σ of the unit, as tmeasures' ``NormalPValueThreshold``.
@@ -95,11 +95,11 @@ def _weights(block: base.Block) -> jax.Array:
 
 
 def _identity(block: base.Block) -> jax.Array:
-  if block.identity is None:
+  if block.untransformed is None:
     raise ValueError(
-        "goodfellow needs the untransformed activations: pass identity= "
+        "goodfellow needs the untransformed activations: pass untransformed= "
         "(B, *shape) when calling the measure on a block")
-  return block.identity.astype(jnp.float32)
+  return block.untransformed.astype(jnp.float32)
 
 
 def _bin_width(q: QuantileStats, bins: int):
@@ -286,7 +286,8 @@ def goodfellow(*, threshold: str = "normal", alpha: float = 0.99,
     rates = jax.tree.map(jnp.add, a.rates, b.rates)
     return GoodfellowState(st, a.threshold, rates, a.stage)
 
-  def finalize(state: GoodfellowState):
+  def finalize(state: GoodfellowState, spec: base.LayerSpec):
+    del spec
     r = state.rates
     g = r.global_fires / jnp.maximum(r.global_count, 1)
     l = r.local_fires / jnp.maximum(r.local_count, 1)
@@ -299,9 +300,10 @@ def goodfellow(*, threshold: str = "normal", alpha: float = 0.99,
                                  **({"bins": bins} if quantile else {}))
   return base.Measure(name="goodfellow", init=init, update=update,
                       merge=merge, finalize=finalize, settings=settings,
-                      needs_identity=True, num_passes=rates_pass + 1,
+                      requires=base.Requirements(
+                          untransformed=True, passes=rates_pass + 1,
+                          untransformed_passes=tuple(range(rates_pass))),
                       end_pass=end_pass,
-                      identity_passes=tuple(range(rates_pass)),
                       # τ = μ + σ·z needs σ (ddof 1); a quantile needs 1.
                       check=base.size_check(
                           "goodfellow", min_samples=1 if quantile else 2,

@@ -260,9 +260,6 @@ class OrbitState(NamedTuple):
     last_ref: (M, K) reference of the last sample seen (``normalize`` only).
     has_ref: () bool, whether ``last_ref`` is set (``normalize`` only).
     num_transformations: () float, T (unpadded).
-    marker: zero-size (Tp, 0, *shape) array: its *shape* tells `update`
-      statically how many transformation slots an orbit has and `finalize`
-      the activation shape, at no memory cost.
   """
   acc: Any
   samples: stats.RunningMean
@@ -270,7 +267,6 @@ class OrbitState(NamedTuple):
   last_ref: Array | None
   has_ref: Array | None
   num_transformations: Array
-  marker: Array
 
 
 def _update_pairs(state: OrbitState, ref: Array, mask: Array,
@@ -299,8 +295,8 @@ def _update_pairs(state: OrbitState, ref: Array, mask: Array,
 
 def orbit_measure(
     name: str, orbit: Orbit, *, key: str,
-    settings: tuple[tuple[str, Any], ...], needs_inverse: bool = False,
-    needs_identity: bool = False,
+    settings: tuple[tuple[str, Any], ...],
+    requires: base.Requirements = base.Requirements(),
     pair_distance: Callable[[Array, Array], Array] | None = None,
     extras: Callable[[Array, Array], Mapping[str, Array]] | None = None,
     chunk_error: str = "",
@@ -326,30 +322,27 @@ def orbit_measure(
       last_ref = jnp.zeros((m, k))
       has_ref = jnp.zeros((), bool)
     return OrbitState(acc, stats.zeros_mean(()), pairs, last_ref, has_ref,
-                      jnp.asarray(spec.num_transformations, jnp.float32),
-                      jnp.zeros((spec.num_padded_transformations, 0) + shape))
+                      jnp.asarray(spec.num_transformations, jnp.float32))
 
   def update(state: OrbitState, block: base.Block) -> OrbitState:
     nd = block.x.ndim - 2
     x = as_mk(block.x.astype(jnp.float32), nd)
     w = block.t_mask.astype(jnp.float32)
     ident = None
-    if needs_identity:
-      if block.identity is None:
+    if requires.untransformed:
+      if block.untransformed is None:
         raise ValueError(
             f"{name}: this setting compares with the untransformed "
-            "activations; pass identity=(B, *shape) when calling the measure "
-            "on a block")
-      ident = as_mk(block.identity.astype(jnp.float32), nd)
-    whole = x.shape[1] == state.marker.shape[0]
+            "activations; pass untransformed=(B, *shape) when calling the "
+            "measure on a block")
+      ident = as_mk(block.untransformed.astype(jnp.float32), nd)
     acc = state.acc
-    if whole and orbit.direct is not None:
+    if block.whole_orbit and orbit.direct is not None:
       d, ref = orbit.direct(x, w, ident)
     elif orbit.accumulate is None:
       raise ValueError(
           f"{name}: {chunk_error or 'this setting'} needs whole orbits, got a "
-          f"chunk of {x.shape[1]} of {state.marker.shape[0]} transformations; "
-          "use transform_chunk=None")
+          f"chunk of {x.shape[1]} transformations; use transform_chunk=None")
     else:
       contrib = orbit.accumulate(x, w, ident)
       acc = jax.tree.map(lambda c, a: jnp.where(block.first, c, a + c),
@@ -373,7 +366,7 @@ def orbit_measure(
           has_ref=a.has_ref | b.has_ref)
     return out
 
-  def finalize(state: OrbitState) -> dict[str, Array]:
+  def finalize(state: OrbitState, spec: base.LayerSpec) -> dict[str, Array]:
     value = state.samples.mean
     out = {}
     if pair_distance is not None:
@@ -381,12 +374,10 @@ def orbit_measure(
       out["pairwise_distance"] = state.pairs.mean
       value = stats.safe_divide(value, state.pairs.mean)
     out[key] = value
-    out["values"] = jnp.broadcast_to(value, state.marker.shape[2:])
+    out["values"] = jnp.broadcast_to(value, spec.shape)
     if extras is not None:
       out.update(extras(value, state.num_transformations))
     return out
 
   return base.Measure(name=name, init=init, update=update, merge=merge,
-                      finalize=finalize, settings=settings,
-                      needs_inverse=needs_inverse,
-                      needs_identity=needs_identity)
+                      finalize=finalize, settings=settings, requires=requires)

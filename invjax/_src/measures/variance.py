@@ -103,7 +103,8 @@ def _tv(statistic: str, ddof: int) -> combinators.Statistic:
   def merge(a: TVState, b: TVState) -> TVState:
     return TVState(b.orbit, stats.merge_mean(a.samples, b.samples))
 
-  def finalize(state: TVState) -> jax.Array:
+  def finalize(state: TVState, spec: base.LayerSpec) -> jax.Array:
+    del spec
     return state.samples.mean
 
   return combinators.Statistic(init, update, merge, finalize)
@@ -155,13 +156,14 @@ def column_moments() -> combinators.Statistic:
   def merge(a: ColumnMoments, b: ColumnMoments) -> ColumnMoments:
     return ColumnMoments(stats.merge_moments(a.columns, b.columns), a.valid)
 
-  return combinators.Statistic(init, update, merge, lambda state: state)
+  return combinators.Statistic(init, update, merge, lambda state, spec: state)
 
 
 def _sv(statistic: str, ddof: int) -> combinators.Statistic:
   """The sample variance: the mean row statistic of the column moments."""
 
-  def finalize(state: ColumnMoments) -> jax.Array:
+  def finalize(state: ColumnMoments, spec: base.LayerSpec) -> jax.Array:
+    del spec
     per_column = _row_statistic(state.columns, statistic, ddof)  # (Tp, *shape)
     w = state.valid.astype(per_column.dtype)
     w = w.reshape(w.shape + (1,) * (per_column.ndim - 1))
@@ -221,7 +223,11 @@ def _measure(name, kind, statistic, ddof, needs_inverse, zero_tolerance=0.0,
   check = base.size_check(
       name, min_samples=need if kind != "tv" else 1,
       min_transformations=need if kind != "sv" else 1, why=f"ddof={ddof}")
-  common = dict(settings=settings, needs_inverse=needs_inverse, check=check)
+  # XLA's partitioner cannot split the Pallas kernel: it would gather every
+  # tile onto each device.
+  requires = base.Requirements(inverse=needs_inverse,
+                               shardable=implementation != "pallas")
+  common = dict(settings=settings, requires=requires, check=check)
   tv, sv = _tv(statistic, ddof), _sv(statistic, ddof)
   if kind == "tv":
     return combinators.single(name, tv, **common)
