@@ -7,6 +7,7 @@ bilinear warps through `dm_pix.affine_transform`; exact inverses.
 
 from invjax._src.transforms import Action
 from invjax._src.transforms import affine
+from invjax._src.transforms import check_set
 from invjax._src.transforms import AffineAction
 from invjax._src.transforms import ComposedAction
 from invjax._src.transforms import FlipAction
@@ -32,6 +33,7 @@ __all__ = (
     "Rot90Action",
     "TransformationSet",
     "affine",
+    "check_set",
     "flips",
     "identity",
     "paper_sets",

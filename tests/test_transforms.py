@@ -408,3 +408,30 @@ def test_bad_inputs_raise():
     tr.rot90().apply_inverse(jnp.zeros((4, 4, 3, 1)), input_shape=(8, 6))
   with pytest.raises(TypeError):
     tr.product(ts, "not a set")
+
+
+def test_orbit_and_unorbit_are_the_per_image_maps_batched():
+  ts = tr.rotation([0.0, 30.0, 90.0])
+  images = jnp.asarray(np.random.default_rng(3).uniform(size=(2, 8, 8, 1)),
+                       jnp.float32)
+  orbits = ts.orbit(images)                                # (2, 3, 8, 8, 1)
+  for i in range(2):
+    np.testing.assert_array_equal(orbits[i], ts.apply(images[i]))
+  fmaps = orbits[..., ::2, ::2, :]                         # (2, 3, 4, 4, 1)
+  back = ts.unorbit(fmaps, (8, 8))
+  for i in range(2):
+    # One program against another: equal to float32 round-off.
+    np.testing.assert_allclose(
+        back[i], ts.apply_inverse(fmaps[i], input_shape=(8, 8)), atol=1e-6)
+  with pytest.raises(ValueError, match=r"\(B, 3, h, w, c\)"):
+    ts.unorbit(fmaps[:, :2])
+  with pytest.raises(ValueError, match="rank-4"):
+    ts.orbit(images[0])
+
+
+def test_check_set_is_the_one_validator():
+  assert tr.check_set(tr.rot90()) == 4
+  with pytest.raises(TypeError, match="augment must be an invjax"):
+    tr.check_set(np.zeros((4, 1)), "augment")
+  with pytest.raises(ValueError, match="empty"):
+    tr.check_set(tr.rot90()[4:])

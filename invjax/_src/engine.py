@@ -41,6 +41,7 @@ from invjax._src import hosts
 from invjax._src import result as result_lib
 from invjax._src import resume
 from invjax._src import sources
+from invjax._src import transforms
 
 _CACHE: dict[Any, Any] = {}
 # The tqdm bar of the running call, advanced by `_run` between steps.
@@ -59,17 +60,6 @@ def _as_measures(measures: Any) -> tuple[list[base.Measure], bool]:
   if len(set(names)) != len(names):
     raise ValueError("the same measure is listed twice")
   return measures, False
-
-
-def _check_transformations(ts: Any) -> int:
-  if not (hasattr(ts, "parameters") and hasattr(ts, "action")):
-    raise TypeError(
-        "transformations must be an invjax TransformationSet (see "
-        f"invjax.transforms), got {type(ts)}")
-  t = int(ts.parameters.shape[0])
-  if t == 0:
-    raise ValueError("the transformation set is empty")
-  return t
 
 
 def _row_major(x: jax.Array) -> jax.Array:
@@ -252,18 +242,16 @@ def _build_program(plan: _Plan):
       def chunk_step(carry, chunk):
         states, kept = carry
         tp, tm, ci = chunk
-        x = jax.vmap(lambda img: jax.vmap(lambda p: action.forward(p, img))(
-            tp))(imgs)                                          # (B,Tc,H,W,C)
-        x = constrain(x)
+        chunk_set = transforms.TransformationSet(tp, action)
+        x = constrain(chunk_set.orbit(imgs))                   # (B,Tc,H,W,C)
         out = forward(params, x.reshape((b * tc,) + x.shape[2:]))
         out = {l: pin(a.reshape((b, tc) + a.shape[1:]))
                for l, a in out.items()}
         inverted = {}
         if any_inverse:
-          inv = lambda p, fm: action.inverse(p, fm, input_shape=plan.input_hw)
           for l in layers:
             if plan.spatial[l]:
-              inverted[l] = pin(jax.vmap(jax.vmap(inv), (None, 0))(tp, out[l]))
+              inverted[l] = pin(chunk_set.unorbit(out[l], plan.input_hw))
         src_of = lambda m, p: (
             None if p in m.requires.untransformed_passes else
             inverted if m.requires.inverse else out)
@@ -402,14 +390,6 @@ class _Programs:
     return fn
 
 
-def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
-  """Pads axis 0 to `rows` with copies of row 0."""
-  extra = rows - a.shape[0]
-  if extra == 0:
-    return a
-  return np.concatenate([a, np.repeat(a[:1], extra, axis=0)], axis=0)
-
-
 def _first_member(params: Any, members: int) -> Any:
   """Member 0's parameters of an ensemble, checking the leading axis."""
   if (not isinstance(members, (int, np.integer)) or isinstance(members, bool)
@@ -472,7 +452,7 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
     `measure` needs to run: the programs, the data source, the plan.
   """
   acts = capture.as_activations(activations)
-  num_t = _check_transformations(transformations)
+  num_t = transforms.check_set(transformations)
   measures, single = _as_measures(measures)
   if (not isinstance(batch_size, (int, np.integer)) or
       isinstance(batch_size, bool) or batch_size <= 0):
@@ -609,7 +589,7 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
               "skipped: same-equivariance needs spatial feature maps "
               f"(B, h, w, c); this layer has shape {specs[l].shape}")
 
-  tparams = _pad_rows(np.asarray(transformations.parameters), nc * tc)
+  tparams = sources.pad_rows(np.asarray(transformations.parameters), nc * tc)
   tmask = np.arange(nc * tc) < num_t
   tparams = tparams.reshape((nc, tc) + tparams.shape[1:])
   tmask = tmask.reshape(nc, tc)
@@ -988,7 +968,7 @@ def measure_block(activations: Any, images: jax.Array, transformations: Any,
   acts = capture.as_activations(activations)
   params = acts.params if params is None else params
   b, h, w = images.shape[:3]
-  x = jax.vmap(transformations.apply)(images)                    # (B,T,H,W,C)
+  x = transformations.orbit(images)                              # (B,T,H,W,C)
   t = x.shape[1]
   out = acts.apply(params, x.reshape((b * t,) + x.shape[2:]))
   names = capture.select_layers(list(out), layers)
@@ -1002,9 +982,7 @@ def measure_block(activations: Any, images: jax.Array, transformations: Any,
     if measure.requires.inverse:
       if a.ndim != 5:
         continue
-      inv = lambda p, fm: transformations.action.inverse(p, fm,
-                                                         input_shape=(h, w))
-      a = jax.vmap(jax.vmap(inv), (None, 0))(transformations.parameters, a)
+      a = transformations.unorbit(a, (h, w))
     results[l] = measure(
         a, untransformed=None if untransformed is None else untransformed[l])
   return results

@@ -73,8 +73,7 @@ def orbit_logits(logits_fn: Callable[[Any, Array], Array], params: Any,
                        f"one element has no spread), got {num_samples!r}")
     # One subset per step, shared by the batch, drawn without replacement.
     rows = rows[jax.random.choice(key, t, (num_samples,), replace=False)]
-  forward = transformations.action.forward
-  x = jax.vmap(lambda img: jax.vmap(lambda p: forward(p, img))(rows))(images)
+  x = type(transformations)(rows, transformations.action).orbit(images)
   b, s = x.shape[:2]
   z = logits_fn(params, x.reshape((b * s,) + x.shape[2:]))
   return z.reshape((b, s) + z.shape[1:])

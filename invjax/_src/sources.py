@@ -380,6 +380,30 @@ class StreamSource:
           "every pass (any order); check that iter(data) starts over")
 
 
+def pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+  """Pads axis 0 to ``rows`` with copies of row 0 (finite, to be masked)."""
+  extra = rows - a.shape[0]
+  if extra <= 0:
+    return a
+  return np.concatenate([a, np.repeat(a[:1], extra, axis=0)], axis=0)
+
+
+def padded_batches(arrays: tuple[np.ndarray, ...], size: int
+                   ) -> Iterator[tuple[tuple[np.ndarray, ...], np.ndarray]]:
+  """Batches of ``size`` rows of arrays of equal length, for host loops.
+
+  Every batch has ``size`` rows (one compiled program for all), the last
+  one padded with copies of row 0; yields ``(batch arrays, (size,) mask)``
+  with the mask False on padding. `invjax.measure` reads its data through
+  `ArraySource` instead, K batches per step.
+  """
+  n = arrays[0].shape[0]
+  for start in range(0, n, size):
+    part = tuple(pad_rows(np.asarray(a[start:start + size]), size)
+                 for a in arrays)
+    yield part, np.arange(size) < min(size, n - start)
+
+
 def is_array(data: Any) -> bool:
   """An (N, H, W, C) array (anything with a shape), not a batch source."""
   return hasattr(data, "shape") or not hasattr(data, "__iter__")

@@ -40,6 +40,8 @@ import optax
 from invjax._src import capture as capture_lib
 from invjax._src import files
 from invjax._src import objectives
+from invjax._src import sources
+from invjax._src import transforms
 from invjax._src import workdir as workdir_lib
 
 Array = jax.Array
@@ -71,12 +73,6 @@ class Regularizer(NamedTuple):
   weight: float = 1.0
   kind: str = "logit_spread"
   num_samples: int | None = None
-
-
-def _check_transformations(ts: Any, what: str) -> None:
-  if not (hasattr(ts, "parameters") and hasattr(ts, "action")):
-    raise ValueError(f"{what} must be a TransformationSet (invjax.transforms),"
-                     f" got {type(ts).__name__}")
 
 
 def _describe_transformations(ts: Any) -> dict | None:
@@ -161,13 +157,13 @@ class TrainConfig:
       raise ValueError(f"weight_decay must be >= 0, got "
                        f"{self.weight_decay!r}")
     if self.augment is not None:
-      _check_transformations(self.augment, "augment")
+      transforms.check_set(self.augment, "augment")
     reg = self.regularizer
     if reg is not None:
       if not isinstance(reg, Regularizer):
         raise ValueError("regularizer must be a Regularizer, got "
                          f"{type(reg).__name__}")
-      _check_transformations(reg.transformations, "regularizer.transformations")
+      transforms.check_set(reg.transformations, "regularizer.transformations")
       if reg.kind not in _REG_KINDS:
         raise ValueError(f"regularizer.kind must be one of {_REG_KINDS}, got "
                          f"{reg.kind!r}")
@@ -268,26 +264,11 @@ def _count_correct(model, variables, x, y, mask):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _count_correct_transformed(model, variables, ts, x, y, mask):
-  # (B, T, H, W, C): every sample under every transformation.
-  xt = jax.vmap(lambda img: jax.vmap(
-      lambda p: ts.action.forward(p, img))(ts.parameters))(x)
+  xt = ts.orbit(x)                  # (B, T, H, W, C)
   b, t = xt.shape[:2]
   z = model.apply(variables, xt.reshape((b * t,) + xt.shape[2:]), train=False)
   pred = jnp.argmax(z.reshape((b, t) + z.shape[1:]), axis=-1)
   return jnp.sum((pred == y[:, None]) & mask[:, None])
-
-
-def _padded_batches(images: np.ndarray, labels: np.ndarray, size: int):
-  """Fixed-size batches (one compilation), the last one padded and masked."""
-  n = images.shape[0]
-  for s in range(0, n, size):
-    x, y = images[s:s + size], labels[s:s + size]
-    pad = size - x.shape[0]
-    mask = np.arange(size) < x.shape[0]
-    if pad:
-      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-      y = np.concatenate([y, np.zeros((pad,), y.dtype)])
-    yield x, y, mask
 
 
 def _check_data(images: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -343,15 +324,15 @@ def evaluate(model: nn.Module, variables: dict, images: Any, labels: Any, *,
   n = images.shape[0]
   size = min(batch_size, n)
   correct = 0
-  for x, y, mask in _padded_batches(images, labels, size):
+  for (x, y), mask in sources.padded_batches((images, labels), size):
     correct += int(_count_correct(model, variables, x, y, mask))
   out = {"accuracy": correct / n}
   if transformations is not None:
-    _check_transformations(transformations, "transformations")
+    transforms.check_set(transformations, "transformations")
     t = int(transformations.parameters.shape[0])
     size = min(max(1, batch_size // t), n)
     correct = 0
-    for x, y, mask in _padded_batches(images, labels, size):
+    for (x, y), mask in sources.padded_batches((images, labels), size):
       correct += int(_count_correct_transformed(model, variables,
                                                 transformations, x, y, mask))
     out["transformed_accuracy"] = correct / (n * t)
@@ -643,7 +624,7 @@ def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
     eval_x, eval_y = _check_data(eval_data[0], eval_data[1])
     eval_ts = eval_data[2] if len(eval_data) == 3 else None
     if eval_ts is not None:
-      _check_transformations(eval_ts, "eval_data's transformations")
+      transforms.check_set(eval_ts, "eval_data's transformations")
   end = cfg.steps
   if until is not None:
     if not isinstance(until, int) or not 1 <= until <= cfg.steps:

@@ -509,12 +509,36 @@ class TransformationSet:
     _check_rank3(image, "image")
     return _apply(self, image)
 
-  def apply_batch(self, images: Array) -> Array:
-    """``jax.vmap(self.apply)(images)``: (B, H, W, C) -> (B, T, H, W, C)."""
+  def orbit(self, images: Array) -> Array:
+    """The orbits of a batch: (B, H, W, C) -> (B, T, H, W, C).
+
+    Row [i, t] is transformation t of image i: what every measure, loss and
+    model of invjax feeds the network (flattened to B·T images).
+    """
     if getattr(images, "ndim", None) != 4:
       raise ValueError("images must be a rank-4 (B, H, W, C) batch, got shape "
                        f"{getattr(images, 'shape', type(images))}")
     return jax.vmap(self.apply)(images)
+
+  def apply_batch(self, images: Array) -> Array:
+    """`orbit` under its earlier name."""
+    return self.orbit(images)
+
+  def unorbit(self, fmaps: Array, input_hw: Sequence[int] | None = None
+              ) -> Array:
+    """Each orbit's feature maps mapped back: (B, T, h, w, c) -> same shape.
+
+    Row [i, t] becomes t⁻¹(fmaps[i, t]) (same-equivariance compares these);
+    ``input_hw`` as ``input_shape`` in `apply_inverse`.
+    """
+    if (getattr(fmaps, "ndim", None) != 5 or fmaps.shape[1] != len(self)):
+      raise ValueError(
+          f"fmaps must be a (B, {len(self)}, h, w, c) array (each sample's "
+          "feature maps, one per transformation), got shape "
+          f"{getattr(fmaps, 'shape', type(fmaps))}")
+    shape = None if input_hw is None else tuple(int(s) for s in input_hw)
+    inv = lambda p, fm: self.action.inverse(p, fm, input_shape=shape)
+    return jax.vmap(jax.vmap(inv), (None, 0))(self.parameters, fmaps)
 
   def apply_inverse(self, fmaps: Array, *,
                     input_shape: Sequence[int] | None = None) -> Array:
@@ -535,6 +559,33 @@ class TransformationSet:
     if input_shape is not None:
       input_shape = tuple(int(s) for s in input_shape)
     return _apply_inverse(self, fmaps, input_shape)
+
+
+class NotATransformationSet(TypeError, ValueError):
+  """Something else where a TransformationSet belongs.
+
+  Both a TypeError and a ValueError: `invjax.measure` raised the first and
+  `invjax.train` the second before they shared `check_set`, and callers of
+  either keep working (as NumPy's AxisError is a ValueError and an
+  IndexError).
+  """
+
+
+def check_set(ts: Any, what: str = "transformations") -> int:
+  """T, the size of a TransformationSet, checked: the one validator.
+
+  Raises:
+    NotATransformationSet: ``ts`` is not a TransformationSet (names ``what``).
+    ValueError: the set is empty.
+  """
+  if not isinstance(ts, TransformationSet):
+    raise NotATransformationSet(
+        f"{what} must be an invjax TransformationSet (see invjax.transforms), "
+        f"got {type(ts).__name__}")
+  t = len(ts)
+  if t == 0:
+    raise ValueError(f"{what}: the transformation set is empty")
+  return t
 
 
 # Jitted once per (action, shapes): run eagerly, the many small ops of a

@@ -25,19 +25,19 @@ def apply_transformations(transformations: Any, images: Array) -> Array:
 
   Args:
     transformations: an `invjax.transforms` set (anything with an
-      ``apply_batch(images) -> (B, T, H, W, C)`` method) or any callable with
+      ``orbit(images) -> (B, T, H, W, C)`` method) or any callable with
       that signature.
     images: ``(B, H, W, C)`` batch.
 
   Returns:
     The transformed copies, transformation axis second.
   """
-  if hasattr(transformations, "apply_batch"):
-    out = transformations.apply_batch(images)
+  if hasattr(transformations, "orbit"):
+    out = transformations.orbit(images)
   elif callable(transformations):
     out = transformations(images)
   else:
-    raise TypeError("transformations must have apply_batch(images) or be "
+    raise TypeError("transformations must have orbit(images) or be "
                     f"callable; got {type(transformations).__name__}.")
   if out.ndim != images.ndim + 1 or out.shape[0] != images.shape[0]:
     raise ValueError(f"Transformations mapped {images.shape} to {out.shape}; "

@@ -46,7 +46,6 @@ Reference:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import jax
@@ -55,6 +54,7 @@ import numpy as np
 
 from invjax._src import base
 from invjax._src import numerics
+from invjax._src import sources
 from invjax._src import stats
 from invjax._src.measures import orbit as orbit_lib
 
@@ -165,7 +165,7 @@ def aligned_saliency(apply_fn: Callable[[Any, Array], Array], params: Any,
   t = len(transformations)
   if labels is None:
     labels = jnp.argmax(apply_fn(params, images), axis=-1)
-  x = transformations.apply_batch(images).reshape((b * t, h, w, c))
+  x = transformations.orbit(images).reshape((b * t, h, w, c))
   y = jnp.repeat(jnp.asarray(labels, jnp.int32), t)
 
   def total_logit(inputs):
@@ -175,8 +175,7 @@ def aligned_saliency(apply_fn: Callable[[Any, Array], Array], params: Any,
     return jnp.sum(jnp.take_along_axis(z, y[:, None], axis=1))
 
   s = jax.grad(total_logit)(x).reshape((b, t, h, w, c))
-  return jax.vmap(lambda maps: transformations.apply_inverse(
-      maps, input_shape=(h, w)))(s)
+  return transformations.unorbit(s, (h, w))
 
 
 def saliency_invariance(apply_fn: Callable[[Any, Array], Array], params: Any,
@@ -243,13 +242,9 @@ def saliency_invariance_dataset(apply_fn: Callable[[Any, Array], Array],
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
   n = images.shape[0]
   b = min(int(batch_size), n)
-  nb = math.ceil(n / b)
-  pad = nb * b - n
-  images = np.concatenate([images, np.repeat(images[:1], pad, 0)])
   has_labels = labels is not None
-  labels = (np.zeros((nb * b,), np.int32) if not has_labels else
-            np.concatenate([np.asarray(labels, np.int32),
-                            np.zeros((pad,), np.int32)]))
+  labels = (np.zeros((n,), np.int32) if not has_labels else
+            np.asarray(labels, np.int32))
 
   @jax.jit
   def step(params, x, y, ts):
@@ -258,10 +253,7 @@ def saliency_invariance_dataset(apply_fn: Callable[[Any, Array], Array],
                                absolute=absolute)
 
   total = 0.0
-  for i in range(nb):
-    sis = np.asarray(step(params, images[i * b:(i + 1) * b],
-                          labels[i * b:(i + 1) * b], transformations),
-                     np.float64)
-    valid = min(b, n - i * b)
-    total += float(sis[:valid].sum())
+  for (x, y), mask in sources.padded_batches((images, labels), b):
+    sis = np.asarray(step(params, x, y, transformations), np.float64)
+    total += float(sis[mask].sum())
   return total / n
