@@ -151,12 +151,12 @@ def test_linen_output_listed_only_when_new(cnn):
 
   # A filter that names the output still gets it, beside its first name.
   module, variables = cnn
-  named = capture.linen(module, variables, filter=["output", "Dense_0"])(IMAGES)
+  named = capture.linen(module, variables, layers=["output", "Dense_0"])(IMAGES)
   assert list(named) == ["Dense_0", "output"]
   _close(named["output"], named["Dense_0"])
   _close(named["output"], module.apply(variables, IMAGES))
   assert "output" not in capture.linen(module, variables,
-                                       filter=lambda n: True)(IMAGES)
+                                       layers=lambda n: True)(IMAGES)
 
   # A last layer called "output" no longer clashes with the network output.
   module = HeadNamedOutput()
@@ -164,27 +164,27 @@ def test_linen_output_listed_only_when_new(cnn):
   acts = capture.linen(module, variables)(x)
   assert list(acts) == ["Dense_0", "output"]
   _close(acts["output"], module.apply(variables, x))
-  assert list(capture.linen(module, variables, filter="output")(x)) == [
+  assert list(capture.linen(module, variables, layers="output")(x)) == [
       "output"]
 
 
 def test_linen_filters(cnn):
   module, variables = cnn
   by_names = capture.linen(module, variables,
-                           filter=["Dense_0", "Conv_0"])(IMAGES)
+                           layers=["Dense_0", "Conv_0"])(IMAGES)
   assert list(by_names) == ["Conv_0", "Dense_0"]  # execution order
   _close(by_names["Conv_0"], capture.linen(module, variables)(IMAGES)["Conv_0"])
 
   by_callable = capture.linen(module, variables,
-                              filter=lambda n: n.startswith("Conv"))(IMAGES)
+                              layers=lambda n: n.startswith("Conv"))(IMAGES)
   assert list(by_callable) == ["Conv_0", "Conv_1"]
-  assert list(capture.linen(module, variables, filter="output")(IMAGES)) == [
+  assert list(capture.linen(module, variables, layers="output")(IMAGES)) == [
       "output"]
 
 
 def test_linen_filter_stores_only_selected(cnn, monkeypatch):
   module, variables = cnn
-  act = capture.linen(module, variables, filter=["Conv_1"])
+  act = capture.linen(module, variables, layers=["Conv_1"])
   act(IMAGES)  # builds and caches the plan
   stored = []
   real_apply = nn.Module.apply
@@ -203,13 +203,13 @@ def test_linen_filter_stores_only_selected(cnn, monkeypatch):
 
 def test_linen_unknown_layer_lists_available(cnn):
   module, variables = cnn
-  act = capture.linen(module, variables, filter=["Conv_0", "Conv_9"])
+  act = capture.linen(module, variables, layers=["Conv_0", "Conv_9"])
   with pytest.raises(ValueError, match="unknown layer 'Conv_9'") as err:
     act(IMAGES)
   for name in ["Conv_0", "Conv_1", "Dense_0", "output"]:
     assert name in str(err.value)
   with pytest.raises(ValueError, match="no layers"):
-    capture.linen(module, variables, filter=lambda n: False)(IMAGES)
+    capture.linen(module, variables, layers=lambda n: False)(IMAGES)
 
 
 class BNNet(nn.Module):
@@ -332,7 +332,7 @@ def test_linen_keys_identify_the_function(cnn):
   module, variables = cnn
   a = capture.linen(module, variables)
   b = capture.linen(module, variables)
-  c = capture.linen(module, variables, filter="Conv_0")
+  c = capture.linen(module, variables, layers="Conv_0")
   assert a.key == b.key and hash(a.key) == hash(b.key)
   assert a.key != c.key
 
@@ -472,7 +472,7 @@ def test_nnx_output_listed_only_when_new():
   z = model.lin(x)
   _close(acts["logits"], z)
   _close(acts["output[1]"], jnp.tanh(z))
-  named = capture.nnx(model, filter="output[0]")(x)
+  named = capture.nnx(model, layers="output[0]")(x)
   assert list(named) == ["output[0]"]
   _close(named["output[0]"], z)
 
@@ -488,11 +488,11 @@ def test_nnx_repr_is_short(nnx_cnn):
 
 
 def test_nnx_filter_and_grad(nnx_cnn):
-  act = capture.nnx(nnx_cnn, filter=["a_head", "z_conv"])
+  act = capture.nnx(nnx_cnn, layers=["a_head", "z_conv"])
   acts = act(IMAGES)
   assert list(acts) == ["z_conv", "a_head"]
   with pytest.raises(ValueError, match="unknown layer 'nope'.*z_conv"):
-    capture.nnx(nnx_cnn, filter="nope")(IMAGES)
+    capture.nnx(nnx_cnn, layers="nope")(IMAGES)
 
   grads = jax.grad(lambda s: jnp.sum(act.apply(s, IMAGES)["z_conv"]))(
       act.params)
@@ -593,3 +593,13 @@ def test_docstring_examples_tap_function_calls(fn):
   outcome = runner.summarize(verbose=False)
   assert outcome.attempted >= 5 and outcome.failed == 0
   assert "'relu1'" in fn.__doc__ and "max_pool" in fn.__doc__
+
+
+def test_filter_is_a_deprecated_name_of_layers(cnn):
+  module, variables = cnn
+  with pytest.warns(DeprecationWarning, match="layers="):
+    old = capture.linen(module, variables, filter=["Conv_0"])
+  assert list(old(IMAGES)) == ["Conv_0"]
+  with pytest.raises(ValueError, match="layers= only"):
+    with pytest.warns(DeprecationWarning):
+      capture.linen(module, variables, filter=["Conv_0"], layers=["Conv_0"])

@@ -65,6 +65,7 @@ import collections
 import dataclasses
 import math
 import sys
+import warnings
 from typing import (Any, Callable, Hashable, Iterable, Mapping, NamedTuple,
                     Sequence, Union)
 
@@ -448,6 +449,17 @@ def select_layers(names: Sequence[str], filter: LayerFilter) -> list[str]:
   return selected
 
 
+def _layers_argument(layers: LayerFilter, filter: LayerFilter) -> LayerFilter:
+  """``layers``, or the deprecated ``filter=`` that was its name here."""
+  if filter is None:
+    return layers
+  warnings.warn("capture's filter= is now layers=, as in invjax.measure",
+                DeprecationWarning, stacklevel=3)
+  if layers is not None:
+    raise ValueError("pass layers= only (filter= is its old name)")
+  return filter
+
+
 def _filter_key(filter: LayerFilter) -> Hashable:
   if filter is None or isinstance(filter, str) or callable(filter):
     return filter
@@ -620,10 +632,10 @@ class _LinenPlan(NamedTuple):
   methods: Mapping[tuple[str, ...], frozenset]  # path -> methods to store
 
 
-def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
+def linen(module: Any, variables: Any, *, layers: LayerFilter = None,
           method: Union[str, Callable[..., Any], None] = None,
           apply_kwargs: Mapping[str, Any] | None = None,
-          ensemble: bool = False) -> Activations:
+          ensemble: bool = False, filter: LayerFilter = None) -> Activations:
   """Activations of a Flax Linen module, via ``capture_intermediates``.
 
   What is captured, exactly:
@@ -660,7 +672,7 @@ def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
   call completes, so a value sown with a custom ``reduce_fn`` whose result is a
   dict is taken for a submodule and ignored.)
 
-  Selection. With ``filter`` the predicate handed to Flax stores only the
+  Selection. With ``layers`` the predicate handed to Flax stores only the
   method outputs of selected layers, so unselected activations are never kept.
   Sown values are always stored by Flax; unselected ones are dropped.
 
@@ -669,7 +681,8 @@ def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
     variables: its variables, e.g. ``{'params': ..., 'batch_stats': ...}``;
       becomes ``Activations.params`` (any ``'intermediates'`` collection in it
       is ignored).
-    filter: which layers to return, see `select_layers`.
+    layers: which layers to return, see `select_layers` (the same argument
+      as `invjax.measure`'s ``layers``).
     method: the method to apply, as for `flax.linen.Module.apply` (default
       ``__call__``). Its return value is ``"output"`` (see the module
       docstring for when that name is listed).
@@ -708,6 +721,7 @@ def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
     >>> acts.layer_names(x)  # the logits once, as Dense_0
     ['Conv_0', 'relu1', 'Dense_0']
   """
+  layers = _layers_argument(layers, filter)
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
 
   if not isinstance(module, nn.Module):
@@ -739,7 +753,7 @@ def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
   def plan_for(variables, images) -> _LinenPlan:
     cache_key = _cache_key(variables, images)
     if cache_key not in plans:
-      plans[cache_key] = _plan_linen(run, variables, images, entry_name, filter)
+      plans[cache_key] = _plan_linen(run, variables, images, entry_name, layers)
     return plans[cache_key]
 
   log = _LayerLog()
@@ -751,7 +765,7 @@ def linen(module: Any, variables: Any, *, filter: LayerFilter = None,
     log.note(plan.leaves)
     return _gather(plan.leaves, run(variables, images, capture))
 
-  key = ("linen", module, method, _filter_key(filter), _merge_key(apply_kwargs),
+  key = ("linen", module, method, _filter_key(layers), _merge_key(apply_kwargs),
          mutable if isinstance(mutable, bool) else tuple(mutable))
   members = ensemble_size(variables, "variables") if ensemble else None
   one = _member_abstract(variables) if members else variables
@@ -915,8 +929,8 @@ def _method_output_type():
   return _METHOD_OUTPUT_TYPE[0]
 
 
-def nnx(model: Any, *, filter: LayerFilter = None,
-        ensemble: bool = False) -> Activations:
+def nnx(model: Any, *, layers: LayerFilter = None,
+        ensemble: bool = False, filter: LayerFilter = None) -> Activations:
   """Activations of a Flax NNX module, via `flax.nnx.capture`.
 
   Runs ``model(images)`` under ``nnx.capture(..., nnx.Intermediate,
@@ -954,7 +968,7 @@ def nnx(model: Any, *, filter: LayerFilter = None,
   deeper module first, then sown values before method outputs, then by path;
   only the network output is left out when it is one of them.
 
-  Selection. ``filter`` restricts what ``apply`` returns; Flax stores every
+  Selection. ``layers`` restricts what ``apply`` returns; Flax stores every
   method output during the call, and unselected ones are dropped (under
   `jax.jit` they are never computed for nothing: XLA removes them).
 
@@ -978,7 +992,7 @@ def nnx(model: Any, *, filter: LayerFilter = None,
     model: a `flax.nnx.Module` whose ``__call__`` takes a batch of images;
       with ``ensemble``, such a module with stacked state, or a list of
       modules.
-    filter: which layers to return, see `select_layers`.
+    layers: which layers to return, see `select_layers`.
     ensemble: ``model`` is an ensemble (see above).
 
   Returns:
@@ -1007,6 +1021,7 @@ def nnx(model: Any, *, filter: LayerFilter = None,
     >>> capture.nnx(Net(nnx.Rngs(0))).layer_names(jnp.ones((2, 8, 8, 1)))
     ['conv', 'relu1', 'head']
   """
+  layers = _layers_argument(layers, filter)
   from flax import nnx as flax_nnx  # pylint: disable=g-import-not-at-top
 
   members, stacked_module = None, False
@@ -1037,11 +1052,11 @@ def nnx(model: Any, *, filter: LayerFilter = None,
   def apply(state, images):
     cache_key = _cache_key(state, images)
     if cache_key not in plans:
-      plans[cache_key] = _plan_nnx(run, state, images, filter)
+      plans[cache_key] = _plan_nnx(run, state, images, layers)
     log.note(plans[cache_key])
     return _gather(plans[cache_key], run(state, images))
 
-  key = ("nnx", graphdef, _filter_key(filter))
+  key = ("nnx", graphdef, _filter_key(layers))
   n_params = _size(flax_nnx.state(model, flax_nnx.Param))
   if stacked_module:
     n_params //= members   # The stacked module holds all K members'.
