@@ -604,7 +604,7 @@ def _select_listed(leaves: Sequence[_Leaf], copies: frozenset,
 
   A copy of an earlier value (see `_output_copies`) is not listed, so without
   a filter, with a predicate and in `Activations.layer_names` it is absent; a
-  filter that names it (``filter="output"``) still gets it, so the network
+  filter that names it (``layers="output"``) still gets it, so the network
   output can be asked for without knowing the last layer's name.
 
   Returns:
