@@ -10,9 +10,9 @@ from invjax._src.capture import Activations
 from invjax._src.capture import as_activations
 from invjax._src.capture import from_callable
 from invjax._src.capture import function
-from invjax._src.capture import linen
-from invjax._src.capture import nnx
 from invjax._src.capture import select_layers
+from invjax._src.capture_linen import linen
+from invjax._src.capture_nnx import nnx
 
 __all__ = (
     "Activations",

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from invjax._src import capture
+from invjax import capture
 from invjax._src import objectives
 from invjax._src import transforms as tr
 from invjax._src.measures import genuine
