@@ -52,7 +52,7 @@ from invjax import models
 from invjax import transforms as tr
 from invjax._src import engine
 from invjax._src import stats
-from invjax._src import train as train_lib
+from invjax import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
@@ -86,10 +86,12 @@ def _train(args) -> tuple[models.SimpleConv, dict, float]:
   x_test, y_test = invjax.data.load_mnist("test", data_dir=args.data_dir,
                                           download=False)
   t0 = time.perf_counter()
-  variables = train_lib.train_classifier(
-      model, x_train, y_train, steps=args.train_steps, batch_size=64,
-      learning_rate=1e-3, seed=0)
-  acc = train_lib.accuracy(model, variables, x_test[:2000], y_test[:2000])
+  cfg = train_lib.TrainConfig(steps=args.train_steps, batch_size=64,
+                              learning_rate=1e-3, schedule="constant", seed=0,
+                              log_every=args.train_steps)
+  variables = train_lib.fit(model, cfg, x_train, y_train).variables
+  acc = train_lib.evaluate(model, variables, x_test[:2000],
+                           y_test[:2000])["accuracy"]
   print(f"trained SimpleConv(C={args.channels}) for {args.train_steps} steps "
         f"in {time.perf_counter() - t0:.1f} s: test accuracy {acc:.3f} "
         f"(first 2000)", flush=True)
@@ -174,7 +176,7 @@ def agreement(model, variables, images, args) -> bool:
   print(f"\nAgreement, C4 (exact rot90), N={n}: max |invjax − tmeasures| / "
         f"max(|tmeasures|, {FLOOR:g}·mean|tmeasures|) per layer, NV's "
         f"propagated from TV and SV (must be ≤ {RTOL:g})")
-  print(f"| layer | shape | TV | SV | NV |\n|---|---|---|---|---|")
+  print("| layer | shape | TV | SV | NV |\n|---|---|---|---|---|")
   ok = True
   worst = 0.0
   for layer in ours[0].layers:

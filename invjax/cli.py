@@ -53,7 +53,7 @@ def _load(dataset: str, data_dir: str | None):
 def _measure_command(args: argparse.Namespace) -> int:
   import invjax  # pylint: disable=g-import-not-at-top
   from invjax import models  # pylint: disable=g-import-not-at-top
-  from invjax._src import train  # pylint: disable=g-import-not-at-top
+  from invjax import train  # pylint: disable=g-import-not-at-top
 
   images, labels = _load(args.dataset, args.data_dir)
   images = np.asarray(images, np.float32)
@@ -67,10 +67,13 @@ def _measure_command(args: argparse.Namespace) -> int:
   model = models.SimpleConv(num_classes=int(labels.max()) + 1,
                             channels=args.channels)
   t0 = time.perf_counter()
-  variables = train.train_classifier(
-      model, images[trainset], labels[trainset], steps=args.steps,
-      seed=args.seed, progress=not args.quiet)
-  acc = train.accuracy(model, variables, images[test], labels[test])
+  cfg = train.TrainConfig(steps=args.steps, batch_size=64,
+                          learning_rate=1e-3, schedule="constant",
+                          seed=args.seed, log_every=max(args.steps, 1))
+  variables = train.fit(model, cfg, images[trainset], labels[trainset],
+                        progress=not args.quiet).variables
+  acc = train.evaluate(model, variables, images[test],
+                       labels[test])["accuracy"]
   print(f"trained SimpleConv for {args.steps} steps in "
         f"{time.perf_counter() - t0:.1f}s: test accuracy {acc:.3f}")
 

@@ -12,21 +12,18 @@
                    images, ts, measures)        # a list of 8 results
 """
 
-from invjax._src.train import accuracy
-from invjax._src.train import cross_entropy
-from invjax._src.train import evaluate
+from invjax._src.evaluate import cross_entropy
+from invjax._src.evaluate import evaluate
+from invjax._src.evaluate import logits_fn
 from invjax._src.train import fit
-from invjax._src.train import learning_rate_schedule
 from invjax._src.train import load_checkpoint
-from invjax._src.train import logits_fn
-from invjax._src.train import make_optimizer
-from invjax._src.train import Regularizer
-from invjax._src.train import train_classifier
-from invjax._src.train import TrainConfig
-from invjax._src.train import TrainState
+from invjax._src.train_config import learning_rate_schedule
+from invjax._src.train_config import make_optimizer
+from invjax._src.train_config import Regularizer
+from invjax._src.train_config import TrainConfig
+from invjax._src.workdir import TrainState
 
 __all__ = (
-    "accuracy",
     "cross_entropy",
     "evaluate",
     "fit",
@@ -35,7 +32,6 @@ __all__ = (
     "logits_fn",
     "make_optimizer",
     "Regularizer",
-    "train_classifier",
     "TrainConfig",
     "TrainState",
 )

@@ -540,7 +540,6 @@ def test_evaluate_against_numpy(digits):
   same = T.evaluate(model, variables, xt, labels, batch_size=37,
                     transformations=tr.identity())
   assert same["transformed_accuracy"] == same["accuracy"] == res["accuracy"]
-  assert T.accuracy(model, variables, xt, labels) == res["accuracy"]
   with pytest.raises(ValueError, match="labels"):
     T.evaluate(model, variables, xt, labels[:3])
   with pytest.raises(ValueError, match="transformations"):

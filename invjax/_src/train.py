@@ -29,7 +29,7 @@ import json
 import os
 import time
 import warnings
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -38,306 +38,15 @@ import numpy as np
 import optax
 
 from invjax._src import capture as capture_lib
+from invjax._src import evaluate as evaluate_lib
 from invjax._src import files
 from invjax._src import objectives
-from invjax._src import sources
+from invjax._src import train_config as config_lib
 from invjax._src import transforms
 from invjax._src import workdir as workdir_lib
 
 Array = jax.Array
-
-_SCHEDULES = ("cosine", "constant")
-_OPTIMIZERS = ("adam", "sgd", "adamw")
-_REG_KINDS = ("logit_spread", "kl")
-
-
-# --------------------------------------------------------------------------
-# Configuration.
-# --------------------------------------------------------------------------
-
-
-class Regularizer(NamedTuple):
-  """Adds ``weight · invariance_error`` over ``transformations`` to the loss.
-
-  Attributes:
-    transformations: a TransformationSet G (e.g. `rot90()`); every training
-      sample's orbit under G is evaluated in each step.
-    weight: λ ≥ 0 (with 0 the error is still computed and logged as
-      ``reg``, to monitor an unregularized run).
-    kind: ``"logit_spread"`` (1/|G|) Σ_g ‖f(g·x) − f̄(x)‖² or ``"kl"``
-      (1/|G|) Σ_g KL(p(g·x) ‖ p̄(x)); see `objectives.invariance_error`.
-    num_samples: use a random subset of this many group elements per step
-      (key derived from the step key); None uses all of G.
-  """
-  transformations: Any
-  weight: float = 1.0
-  kind: str = "logit_spread"
-  num_samples: int | None = None
-
-
-def _describe_transformations(ts: Any) -> dict | None:
-  if ts is None:
-    return None
-  params = np.asarray(ts.parameters, np.float64)
-  return {"action": repr(ts.action), "size": int(params.shape[0]),
-          "parameters": np.round(params, 6).tolist()}
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Everything that determines a training run.
-
-  Attributes:
-    steps: number of optimizer updates.
-    batch_size: samples per update.
-    learning_rate: peak learning rate.
-    schedule: ``"cosine"`` (decays to 0 at ``steps``) or ``"constant"``;
-      see `learning_rate_schedule`.
-    warmup_steps: linear warmup from 0 over this many steps.
-    optimizer: ``"adam"``, ``"sgd"`` (with ``momentum``) or ``"adamw"``.
-    momentum: SGD momentum (0 for plain SGD).
-    weight_decay: decoupled for ``"adamw"``; an L2 term (``wd · θ`` added to
-      the gradient) for ``"adam"`` and ``"sgd"``.
-    seed: initialization, batch order and every per-step random draw.
-    augment: optional TransformationSet; each sample gets one uniformly
-      random element, inside the compiled step.
-    regularizer: optional `Regularizer`.
-    log_every: write a metrics line every this many steps (and at the end).
-    eval_every: evaluate ``eval_data`` every this many steps (and at the
-      end); None: only at the end.
-    checkpoint_every: checkpoint every this many steps (and at the end);
-      None: only at the end.
-  """
-  steps: int = 300
-  batch_size: int = 64
-  learning_rate: float = 1e-3
-  schedule: str = "cosine"
-  warmup_steps: int = 0
-  optimizer: str = "adam"
-  momentum: float = 0.9
-  weight_decay: float = 0.0
-  seed: int = 0
-  augment: Any = None
-  regularizer: Regularizer | None = None
-  log_every: int = 50
-  eval_every: int | None = None
-  checkpoint_every: int | None = None
-
-  def __post_init__(self):
-    def positive_int(name, allow_none=False, minimum=1):
-      v = getattr(self, name)
-      if v is None and allow_none:
-        return
-      if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or (
-          v < minimum):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
-
-    positive_int("steps")
-    positive_int("batch_size")
-    positive_int("warmup_steps", minimum=0)
-    positive_int("seed", minimum=0)
-    positive_int("log_every")
-    positive_int("eval_every", allow_none=True)
-    positive_int("checkpoint_every", allow_none=True)
-    if not self.warmup_steps <= self.steps:
-      raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps "
-                       f"({self.steps})")
-    if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
-      raise ValueError(f"learning_rate must be positive, got "
-                       f"{self.learning_rate!r}")
-    if self.schedule not in _SCHEDULES:
-      raise ValueError(f"schedule must be one of {_SCHEDULES}, got "
-                       f"{self.schedule!r}")
-    if self.optimizer not in _OPTIMIZERS:
-      raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got "
-                       f"{self.optimizer!r}")
-    if not 0 <= self.momentum < 1:
-      raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-    if not self.weight_decay >= 0:
-      raise ValueError(f"weight_decay must be >= 0, got "
-                       f"{self.weight_decay!r}")
-    if self.augment is not None:
-      transforms.check_set(self.augment, "augment")
-    reg = self.regularizer
-    if reg is not None:
-      if not isinstance(reg, Regularizer):
-        raise ValueError("regularizer must be a Regularizer, got "
-                         f"{type(reg).__name__}")
-      transforms.check_set(reg.transformations, "regularizer.transformations")
-      if reg.kind not in _REG_KINDS:
-        raise ValueError(f"regularizer.kind must be one of {_REG_KINDS}, got "
-                         f"{reg.kind!r}")
-      if not (np.isfinite(reg.weight) and reg.weight >= 0):
-        raise ValueError(f"regularizer.weight must be >= 0, got "
-                         f"{reg.weight!r}")
-      t = int(np.shape(reg.transformations.parameters)[0])
-      if reg.num_samples is not None and (
-          not isinstance(reg.num_samples, int) or
-          not 2 <= reg.num_samples <= t):
-        raise ValueError(f"regularizer.num_samples must be None or an int in "
-                         f"[2, {t}], got {reg.num_samples!r}")
-
-  def to_dict(self) -> dict:
-    """A JSON-able description (transformation sets as their parameters)."""
-    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-    out["augment"] = _describe_transformations(self.augment)
-    reg = self.regularizer
-    if reg is not None:
-      out["regularizer"] = {
-          "transformations": _describe_transformations(reg.transformations),
-          "weight": float(reg.weight), "kind": reg.kind,
-          "num_samples": reg.num_samples}
-    for k, v in out.items():
-      if isinstance(v, np.generic):
-        out[k] = v.item()
-    return out
-
-
-# Where a run stands (step, variables, opt_state); saved in checkpoints.
 TrainState = workdir_lib.TrainState
-
-
-# --------------------------------------------------------------------------
-# Schedule and optimizer.
-# --------------------------------------------------------------------------
-
-
-def learning_rate_schedule(cfg: TrainConfig) -> Callable[[Any], Array]:
-  """The learning rate of update ``s`` (0-based), as an optax schedule.
-
-  With W = ``warmup_steps``, S = ``steps`` and η = ``learning_rate``:
-  η·s/W for s < W, then η (``"constant"``) or
-  η·(1 + cos(π·min((s − W)/(S − W), 1)))/2 (``"cosine"``: η at s = W, 0 at
-  s = S, Loshchilov & Hutter, SGDR, ICLR 2017).
-  """
-  lr, warmup, total = cfg.learning_rate, cfg.warmup_steps, cfg.steps
-
-  def schedule(step):
-    s = jnp.asarray(step, jnp.float32)
-    if cfg.schedule == "cosine":
-      t = jnp.clip((s - warmup) / max(total - warmup, 1), 0.0, 1.0)
-      main = 0.5 * lr * (1.0 + jnp.cos(jnp.pi * t))
-    else:
-      main = jnp.full_like(s, lr)
-    if warmup == 0:
-      return main
-    return jnp.where(s < warmup, lr * s / warmup, main)
-
-  return schedule
-
-
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  """The optax optimizer of a config (learning rate from its schedule)."""
-  sched = learning_rate_schedule(cfg)
-  if cfg.optimizer == "adamw":
-    return optax.adamw(sched, weight_decay=cfg.weight_decay)
-  if cfg.optimizer == "adam":
-    tx = optax.adam(sched)
-  else:
-    tx = optax.sgd(sched, momentum=cfg.momentum or None)
-  if cfg.weight_decay > 0:
-    tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay), tx)
-  return tx
-
-
-# --------------------------------------------------------------------------
-# Evaluation.
-# --------------------------------------------------------------------------
-
-
-def cross_entropy(logits: Array, labels: Array) -> Array:
-  """Mean softmax cross-entropy of (B, K) logits and (B,) integer labels."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def logits_fn(model: nn.Module, variables: dict) -> Callable[[Array], Array]:
-  """``f(images (N, H, W, C)) -> (N, K)`` logits in eval mode (jitted)."""
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  return lambda images: apply(variables, jnp.asarray(images))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _count_correct(model, variables, x, y, mask):
-  pred = jnp.argmax(model.apply(variables, x, train=False), axis=-1)
-  return jnp.sum((pred == y) & mask)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _count_correct_transformed(model, variables, ts, x, y, mask):
-  xt = ts.orbit(x)                  # (B, T, H, W, C)
-  b, t = xt.shape[:2]
-  z = model.apply(variables, xt.reshape((b * t,) + xt.shape[2:]), train=False)
-  pred = jnp.argmax(z.reshape((b, t) + z.shape[1:]), axis=-1)
-  return jnp.sum((pred == y[:, None]) & mask[:, None])
-
-
-def _check_data(images: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-  images = np.asarray(images)
-  labels = np.asarray(labels)
-  if images.ndim != 4:
-    raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
-  if labels.shape != (images.shape[0],):
-    raise ValueError(f"labels must be ({images.shape[0]},) to match the "
-                     f"images, got shape {labels.shape}")
-  if images.shape[0] == 0:
-    raise ValueError("no images")
-  if not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"labels must be integers, got {labels.dtype}")
-  return images.astype(np.float32, copy=False), labels.astype(np.int32)
-
-
-def evaluate(model: nn.Module, variables: dict, images: Any, labels: Any, *,
-             transformations: Any = None, batch_size: int = 256,
-             ensemble: bool = False) -> dict | list[dict]:
-  """Clean and transformed accuracy (eval mode).
-
-  accuracy = (1/N) Σ_i [argmax f(x_i) = y_i]; with transformations t_1..t_T,
-  transformed_accuracy = (1/(N·T)) Σ_i Σ_j [argmax f(t_j(x_i)) = y_i].
-
-  Args:
-    model: a Linen classifier taking ``train=``.
-    variables: its variables.
-    images: (N, H, W, C) floats; labels: (N,) ints.
-    transformations: optional TransformationSet.
-    batch_size: images per forward pass (for the transformed accuracy,
-      ``max(1, batch_size // T)`` samples, i.e. about ``batch_size`` images).
-    ensemble: ``variables`` are K members' stacked (every leaf (K, ...), as
-      ``fit(..., seeds=...)`` returns them); each member is evaluated in
-      turn, by the same compiled programs.
-
-  Returns:
-    ``{"accuracy": float}`` plus ``"transformed_accuracy"`` when
-    transformations are given; with ``ensemble``, a list of K of those.
-
-  Raises:
-    ValueError: malformed data or batch size; with ``ensemble``, leaves
-      without a common leading axis.
-  """
-  if ensemble:
-    k = capture_lib.ensemble_size(variables, "variables")
-    return [evaluate(model, jax.tree.map(lambda v, i=i: v[i], variables),
-                     images, labels, transformations=transformations,
-                     batch_size=batch_size) for i in range(k)]
-  images, labels = _check_data(images, labels)
-  if not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-  n = images.shape[0]
-  size = min(batch_size, n)
-  correct = 0
-  for (x, y), mask in sources.padded_batches((images, labels), size):
-    correct += int(_count_correct(model, variables, x, y, mask))
-  out = {"accuracy": correct / n}
-  if transformations is not None:
-    transforms.check_set(transformations, "transformations")
-    t = int(transformations.parameters.shape[0])
-    size = min(max(1, batch_size // t), n)
-    correct = 0
-    for (x, y), mask in sources.padded_batches((images, labels), size):
-      correct += int(_count_correct_transformed(model, variables,
-                                                transformations, x, y, mask))
-    out["transformed_accuracy"] = correct / (n * t)
-  return out
-
 
 # --------------------------------------------------------------------------
 # Checkpoints (the code: `invjax._src.workdir`).
@@ -362,7 +71,7 @@ def load_checkpoint(workdir: str, *, step: int | None = None) -> TrainState:
   ensemble = _saved_seeds(workdir) is not None
 
   def optimizer(fields):
-    tx = make_optimizer(TrainConfig(**fields))
+    tx = config_lib.make_optimizer(config_lib.TrainConfig(**fields))
     if ensemble:
       # The optimizer state of stacked members: (K, ...) leaves, Adam's
       # count included.
@@ -435,14 +144,14 @@ def _init_ensemble(model: nn.Module, seeds: Array, sample: Array) -> dict:
 class _StepSpec:
   """The static (hashable) part of a train step: one compilation each."""
   model: nn.Module
-  cfg: TrainConfig          # With augment, regularizer, seed etc. cleared.
+  cfg: config_lib.TrainConfig  # With augment, regularizer, seed etc. cleared.
   loss_fn: Callable[[Array, Array], Array]
   has_reg: bool             # The weight is traced: λ = 0 still logs it.
   reg_kind: str
   reg_num_samples: int | None
 
 
-def _step_spec(model, cfg: TrainConfig, loss_fn) -> _StepSpec:
+def _step_spec(model, cfg: config_lib.TrainConfig, loss_fn) -> _StepSpec:
   reg = cfg.regularizer
   static_cfg = dataclasses.replace(
       cfg, augment=None, regularizer=None, seed=0, log_every=1,
@@ -460,7 +169,7 @@ def _train_step_body(spec: _StepSpec, variables, opt_state, data_x, data_y,
   ``augment`` and ``reg_ts`` are TransformationSets (or None), traced, as is
   the regularizer's weight.
   """
-  model, tx = spec.model, make_optimizer(spec.cfg)
+  model, tx = spec.model, config_lib.make_optimizer(spec.cfg)
   key = jax.random.fold_in(jax.random.PRNGKey(seed), step_index)
   k_aug, k_reg, k_drop, k_drop_reg = jax.random.split(key, 4)
   x, y = data_x[idx], data_y[idx]
@@ -504,7 +213,7 @@ def _train_step_body(spec: _StepSpec, variables, opt_state, data_x, data_y,
   updates, opt_state = tx.update(grads, opt_state, variables["params"])
   params = optax.apply_updates(variables["params"], updates)
   metrics["grad_norm"] = optax.tree.norm(grads)
-  metrics["lr"] = learning_rate_schedule(spec.cfg)(step_index)
+  metrics["lr"] = config_lib.learning_rate_schedule(spec.cfg)(step_index)
   return {**variables, **new_state, "params": params}, opt_state, metrics
 
 
@@ -529,7 +238,7 @@ def _ensemble_train_step(spec: _StepSpec, variables, opt_state, data_x,
 
 
 
-def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
+def fit(model: nn.Module, cfg: config_lib.TrainConfig, train_images: Any,
         train_labels: Any, *, eval_data: Sequence[Any] | None = None,
         workdir: str | None = None, progress: bool = False,
         until: int | None = None,
@@ -612,16 +321,16 @@ def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
       which restores (the message names their directories; move them aside
       to start over).
   """
-  if not isinstance(cfg, TrainConfig):
+  if not isinstance(cfg, config_lib.TrainConfig):
     raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
   seeds = _check_seeds(seeds, cfg)
-  images, labels = _check_data(train_images, train_labels)
+  images, labels = evaluate_lib.check_data(train_images, train_labels)
   n = images.shape[0]
   if eval_data is not None:
     if not isinstance(eval_data, (tuple, list)) or len(eval_data) not in (2, 3):
       raise ValueError("eval_data must be (images, labels) or (images, "
                        "labels, transformations)")
-    eval_x, eval_y = _check_data(eval_data[0], eval_data[1])
+    eval_x, eval_y = evaluate_lib.check_data(eval_data[0], eval_data[1])
     eval_ts = eval_data[2] if len(eval_data) == 3 else None
     if eval_ts is not None:
       transforms.check_set(eval_ts, "eval_data's transformations")
@@ -631,9 +340,9 @@ def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
       raise ValueError(f"until must be an int in [1, {cfg.steps}], got "
                        f"{until!r}")
     end = until
-  loss_fn = loss_fn or cross_entropy
+  loss_fn = loss_fn or evaluate_lib.cross_entropy
 
-  tx = make_optimizer(cfg)
+  tx = config_lib.make_optimizer(cfg)
   if seeds is None:
     if variables is None:
       variables = _init_variables(model, cfg.seed, jnp.asarray(images[:1]))
@@ -715,7 +424,8 @@ def fit(model: nn.Module, cfg: TrainConfig, train_images: Any,
   return state
 
 
-def _check_seeds(seeds: Any, cfg: TrainConfig) -> tuple[int, ...] | None:
+def _check_seeds(seeds: Any, cfg: config_lib.TrainConfig
+                 ) -> tuple[int, ...] | None:
   """``seeds`` as a tuple of ints (None: one model, ``cfg.seed``)."""
   if seeds is None:
     return None
@@ -841,8 +551,8 @@ def _train_loop(model, cfg, loss_fn, images, labels, variables,
         done == cfg.steps or done == end or
         (cfg.eval_every is not None and done % cfg.eval_every == 0)):
       ex, ey, ets = eval_set
-      res = evaluate(model, variables, ex, ey, transformations=ets,
-                     ensemble=ensemble)
+      res = evaluate_lib.evaluate(model, variables, ex, ey,
+                                  transformations=ets, ensemble=ensemble)
       if ensemble:
         res = {k: [r[k] for r in res] for k in res[0]}
       record.setdefault("step", done)
@@ -868,32 +578,3 @@ def _train_loop(model, cfg, loss_fn, images, labels, variables,
         manager, TrainState(end, variables, opt_state),
         _window_to_disk(window, seeds))
   return TrainState(max(start, end), variables, opt_state)
-
-
-# --------------------------------------------------------------------------
-# Backwards-compatible helpers (used by `invjax measure`).
-# --------------------------------------------------------------------------
-
-
-def train_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray,
-                     *, steps: int = 200, batch_size: int = 64,
-                     learning_rate: float = 1e-3, seed: int = 0,
-                     augment: Any = None,
-                     loss_fn: Callable[..., jax.Array] | None = None,
-                     progress: bool = False) -> dict:
-  """Trains `model` with Adam at a constant rate; returns its variables.
-
-  A thin wrapper over `fit` (no workdir).
-  """
-  cfg = TrainConfig(steps=steps, batch_size=batch_size,
-                    learning_rate=learning_rate, schedule="constant",
-                    seed=seed, augment=augment, log_every=max(steps, 1))
-  return fit(model, cfg, images, labels, loss_fn=loss_fn,
-             progress=progress).variables
-
-
-def accuracy(model: nn.Module, variables: dict, images: np.ndarray,
-             labels: np.ndarray, *, batch_size: int = 512) -> float:
-  """Fraction of correctly classified images (eval mode)."""
-  return evaluate(model, variables, images, labels,
-                  batch_size=batch_size)["accuracy"]
