@@ -340,8 +340,8 @@ def test_parameter_generators_match_tmeasures_definitions():
   assert sorted(t) == sorted((dy, dx) for dy in (0.0, 2.0, -2.0)
                              for dx in (0.0, 1.0, -1.0))
   assert len(tr.translation_uniform(6, 0.15, (28, 28))) == 49
-  assert tr.uniform_rotation(0, 1.0) == [0.0]
-  np.testing.assert_allclose(tr.uniform_rotation(5, 0.5),
+  assert tr.rotation_uniform(0, 1.0) == [0.0]
+  np.testing.assert_allclose(tr.rotation_uniform(5, 0.5),
                              [-90, -45, 0, 45, 90])
 
 
@@ -435,3 +435,9 @@ def test_check_set_is_the_one_validator():
     tr.check_set(np.zeros((4, 1)), "augment")
   with pytest.raises(ValueError, match="empty"):
     tr.check_set(tr.rot90()[4:])
+
+
+def test_uniform_rotation_is_a_deprecated_name_of_rotation_uniform():
+  with pytest.warns(DeprecationWarning, match="rotation_uniform"):
+    old = tr.uniform_rotation(5, 0.5, legacy_tmeasures=True)
+  assert old == tr.rotation_uniform(5, 0.5, legacy_tmeasures=True)
