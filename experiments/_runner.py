@@ -6,11 +6,27 @@ A run directory holds everything needed to check or redo a run:
     environment.json   git commit, library versions, seeds, command, runtime
     metrics.json       the experiment's summary numbers
     results.md         the Markdown tables, the finding, the exact command
-    *.npz              MeasureResults (`invjax.load_result`)
-    *.png              figures
-    checkpoints/<m>/   the training workdir of model <m> (Orbax checkpoints and
+    *.png, *.npz       figures (and an experiment's own extra files)
+    cells/<id>/        one folder per sweep cell (`invjax.sweep`): its
+                       config.json, DONE, results/*.npz (MeasureResults,
+                       `invjax.load_result`) and checkpoints/<m>/, the
+                       training workdir of model <m> (Orbax checkpoints and
                        metrics.jsonl; a rerun with the same --out resumes)
+    results.parquet    the sweep's table, one row per cell, result and layer
+                       (`invjax.sweep.load(outdir)` rebuilds it)
     train_logs/<m>.jsonl  a copy of each model's training metrics
+
+An experiment is a sweep with one or more cells: each module defines
+``get_config(smoke=False, **overrides)``, ``get_sweep(config=None)`` (its
+cells' overrides), ``run(config, outdir)`` (one cell, as `invjax sweep`
+calls it), ``run_cell(config, outdir)`` (one cell with a resolved config)
+and ``summarize(config, table, outdir)`` (the tables, findings and metrics
+of results.md, from the cells' results); ``run_group`` and
+``run_group_cells`` (its resolved twin) where cells that differ only in
+``seed`` run as one ensemble. `run_experiment` resolves the
+config (presets, smoke mode, ``--set``), runs the cells with
+`invjax.sweep.run` into the run directory, then summarizes them; the same
+file runs under ``invjax sweep experiments/<name>.py --out DIR``.
 
 Results written for the repository (``keep_checkpoints=False``) drop the
 checkpoints and keep the logs; ``compact_results`` (the default) stores each
@@ -31,6 +47,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -294,34 +311,45 @@ def load_digit_data(config: Mapping[str, Any]):
 
 
 def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
-        seed: int, augment=None, regularizer=None, steps: int | None = None):
+        seed: int | None = None, augment=None, regularizer=None,
+        steps: int | None = None, seeds: Sequence[int] | None = None):
   """Trains ``model`` with `invjax.train.fit` in ``outdir/checkpoints/label``.
 
+  ``seeds`` instead of ``seed`` trains an ensemble, one member per seed, as
+  one vmapped program (`invjax.train.fit(..., seeds=)`).
+
   Returns:
-    The trained variables.
+    The trained variables (with ``seeds``: stacked, leading axis K).
   """
   import invjax.train as T  # pylint: disable=g-import-not-at-top
   steps = int(config["steps"] if steps is None else steps)
   cfg = T.TrainConfig(
       steps=steps, batch_size=int(config["batch_size"]),
       learning_rate=float(config["learning_rate"]),
-      schedule=config.get("schedule", "cosine"), seed=int(seed),
+      schedule=config.get("schedule", "cosine"),
+      seed=0 if seeds is not None else int(seed),
       augment=augment, regularizer=regularizer,
       log_every=max(1, min(50, steps)))
   workdir = pathlib.Path(outdir) / "checkpoints" / label
   t0 = time.perf_counter()
+  extra = {} if seeds is None else {"seeds": [int(s) for s in seeds]}
   state = T.fit(model, cfg, images, labels, workdir=str(workdir),
-                progress=progress(config))
-  log(f"  trained {label} ({type(model).__name__}, {steps} steps, seed "
-      f"{seed}) in {time.perf_counter() - t0:.1f}s")
+                progress=progress(config), **extra)
+  which = f"seed {seed}" if seeds is None else f"seeds {list(seeds)}"
+  log(f"  trained {label} ({type(model).__name__}, {steps} steps, {which}) "
+      f"in {time.perf_counter() - t0:.1f}s")
   return state.variables
 
 
-def evaluate(model, variables, images, labels, transformations=None) -> dict:
-  """`invjax.train.evaluate` with plain-float outputs."""
+def evaluate(model, variables, images, labels, transformations=None, *,
+             ensemble: bool = False) -> dict | list[dict]:
+  """`invjax.train.evaluate` with plain-float outputs (a list per member
+  with ``ensemble``)."""
   import invjax.train as T  # pylint: disable=g-import-not-at-top
   out = T.evaluate(model, variables, images, labels,
-                   transformations=transformations)
+                   transformations=transformations, ensemble=ensemble)
+  if ensemble:
+    return [{k: float(v) for k, v in o.items()} for o in out]
   return {k: float(v) for k, v in out.items()}
 
 
@@ -329,6 +357,126 @@ def not_output(name: str) -> bool:
   """Layer filter: every layer but ``"output"`` (the network's return value,
   listed by `capture.linen` when it is not a layer's own output)."""
   return name != "output"
+
+
+# ----------------------------------------------------------------------------
+# Experiments as sweeps.
+# ----------------------------------------------------------------------------
+
+# A cell's own small records (accuracies, parameter counts) beside its
+# results: `summarize` reads them back, so a rerun that skips finished cells
+# still has them.
+CELL_RECORD = "cell.json"
+
+
+def resolve(get_config, config: Mapping[str, Any]) -> Config:
+  """A cell's config as ``get_config`` resolves it: presets, smoke mode.
+
+  `invjax sweep FILE --set key=value` sets keys of ``get_config()`` (the CPU
+  defaults) without applying a preset or smoke mode; this redoes the
+  resolution: ``get_config(smoke=config["smoke"], preset=config["preset"],
+  **explicit)``, where ``explicit`` are the keys whose value differs from
+  ``get_config()``'s (so a preset's or smoke mode's value wins over a
+  ``--set`` to the CPU default, the one case this cannot tell apart).
+  """
+  base = get_config()
+  explicit = {k: v for k, v in config.items()
+              if k not in ("smoke", "preset") and (k not in base or
+                                                  base[k] != v)}
+  return get_config(smoke=bool(config.get("smoke", False)),
+                    preset=config.get("preset", "cpu"), **explicit)
+
+
+def as_sweep(module, config: Config) -> types.ModuleType:
+  """Experiment ``module`` with the resolved ``config`` as a sweep module.
+
+  Its ``get_config`` returns ``config``, its ``get_sweep`` the cells of
+  ``module.get_sweep(config)`` (which may depend on it: ``num_seeds``,
+  ``architectures``), and its ``run``/``run_group`` hand each cell's config
+  on as resolved (a cell overrides swept keys only).
+  """
+  sweep = types.ModuleType(f"{module.__name__}__sweep")
+  sweep.__file__ = getattr(module, "__file__", None)
+  sweep.get_config = lambda: config
+  sweep.get_sweep = lambda: module.get_sweep(config)
+  sweep.run = lambda c, outdir: module.run_cell(Config(c), outdir)
+  if callable(getattr(module, "run_group_cells", None)):
+    sweep.run_group = lambda cs, outdirs: module.run_group_cells(
+        [Config(c) for c in cs], outdirs)
+  return sweep
+
+
+def run_cells(module, config: Config, outdir) -> Any:
+  """Runs the experiment's unfinished cells into ``outdir``; its table."""
+  from invjax import sweep  # pylint: disable=g-import-not-at-top
+  return sweep.run(as_sweep(module, config), outdir,
+                   progress=progress(config))
+
+
+def cell_ids(module, config: Config) -> list[str]:
+  """The ids of the experiment's cells, in `get_sweep` order."""
+  from invjax import sweep  # pylint: disable=g-import-not-at-top
+  return [c.id for c in sweep.cells(as_sweep(module, config))]
+
+
+def cell_path(outdir, cell: str) -> pathlib.Path:
+  """A cell's folder, ``outdir/cells/<id>`` (the layout of `invjax.sweep`)."""
+  return pathlib.Path(outdir) / "cells" / cell
+
+
+def cell_results(outdir, cell: str) -> dict[str, list]:
+  """``{name: [MeasureResult, ...]}`` of one finished cell of ``outdir``.
+
+  The cell's DONE marker lists its result files in the order ``run``
+  returned them.
+  """
+  import invjax  # pylint: disable=g-import-not-at-top
+  directory = cell_path(outdir, cell)
+  done = json.loads((directory / "DONE").read_text())
+  out: dict[str, list] = {}
+  for entry in done["results"]:
+    out.setdefault(entry["name"], []).append(
+        invjax.load_result(directory / entry["file"]))
+  return out
+
+
+def write_cell_record(outdir, record: Mapping[str, Any]) -> None:
+  """Writes a cell's `CELL_RECORD` (JSON) in its folder ``outdir``."""
+  _write_json(pathlib.Path(outdir) / CELL_RECORD, record)
+
+
+def read_cell_record(outdir, cell: str) -> dict:
+  """The `CELL_RECORD` of cell ``cell`` of run directory ``outdir``."""
+  return json.loads((cell_path(outdir, cell) / CELL_RECORD).read_text())
+
+
+def maybe_compact(result, config: Mapping[str, Any]):
+  """``compact(result)`` unless ``config.compact_results`` is False."""
+  return compact(result) if config.get("compact_results", True) else result
+
+
+# One-cell experiments: the whole former ``run`` is the cell. It writes its
+# files in the cell's folder, its summary in CELL_RECORD, and returns its
+# MeasureResults (under "results"); `whole_summary` copies the figures and
+# files up to the run directory, where results.md lists them.
+
+
+def whole_cell(experiment, config: Config, outdir) -> dict:
+  """Runs ``experiment(config, outdir) -> summary`` as one cell."""
+  summary = dict(experiment(config, outdir))
+  results = summary.pop("results", {})
+  write_cell_record(outdir, summary)
+  return {name: maybe_compact(r, config) for name, r in results.items()}
+
+
+def whole_summary(module, config: Config, outdir) -> dict:
+  """The summary of a one-cell experiment; its files copied to ``outdir``."""
+  (cell,) = cell_ids(module, config)
+  directory = cell_path(outdir, cell)
+  for path in sorted(directory.iterdir()):
+    if path.is_file() and path.suffix in (".npz", ".png"):
+      shutil.copyfile(path, pathlib.Path(outdir) / path.name)
+  return read_cell_record(outdir, cell)
 
 
 # ----------------------------------------------------------------------------
@@ -493,6 +641,13 @@ def write_results_md(outdir: pathlib.Path, name: str, module, config,
   files = sorted(p.name for p in outdir.iterdir()
                  if p.suffix in (".npz", ".png"))
   lines += ["### Files", "", ", ".join(f"`{f}`" for f in files), ""]
+  cells = outdir / "cells"
+  if cells.is_dir():
+    ids = sorted(p.name for p in cells.iterdir() if p.is_dir())
+    lines += [f"Sweep cells ({len(ids)}; results in `cells/<id>/results/`, "
+              "the table in `results.parquet`, "
+              "`invjax.sweep.load(DIR)`): "
+              + ", ".join(f"`{i}`" for i in ids), ""]
   # Provenance last: everything above it is deterministic for a seed.
   lines += ["## Provenance", "",
             f"* command: `{command}`",
@@ -506,18 +661,25 @@ def write_results_md(outdir: pathlib.Path, name: str, module, config,
   return text
 
 
+def checkpoint_dirs(outdir) -> list[pathlib.Path]:
+  """The training workdirs of a run: ``checkpoints/<m>`` in the run
+  directory and in each cell's folder."""
+  outdir = pathlib.Path(outdir)
+  roots = [outdir / "checkpoints"] + sorted(outdir.glob("cells/*/checkpoints"))
+  return [p for root in roots if root.is_dir()
+          for p in sorted(root.iterdir()) if p.is_dir()]
+
+
 def _collect_train_logs(outdir: pathlib.Path, keep_checkpoints: bool) -> None:
-  ckpt = outdir / "checkpoints"
-  if not ckpt.is_dir():
-    return
   logs = outdir / "train_logs"
-  for workdir in sorted(p for p in ckpt.iterdir() if p.is_dir()):
+  for workdir in checkpoint_dirs(outdir):
     metrics = workdir / "metrics.jsonl"
     if metrics.is_file():
       logs.mkdir(exist_ok=True)
       shutil.copyfile(metrics, logs / f"{workdir.name}.jsonl")
   if not keep_checkpoints:
-    shutil.rmtree(ckpt)
+    for root in {p.parent for p in checkpoint_dirs(outdir)}:
+      shutil.rmtree(root)
 
 
 def run_experiment(name: str, *, smoke: bool = False, out: Any = None,
@@ -527,6 +689,11 @@ def run_experiment(name: str, *, smoke: bool = False, out: Any = None,
                    compile_cache: bool = True
                    ) -> tuple[pathlib.Path, dict]:
   """Runs one experiment and records it.
+
+  The experiment's cells run as a sweep (`invjax.sweep.run`) into ``out``
+  (cells finished by an earlier run into the same ``out`` are skipped), and
+  its ``summarize`` turns their results into the tables, findings and
+  metrics of results.md.
 
   Args:
     name: a registered experiment (see `names`).
@@ -571,7 +738,10 @@ def run_experiment(name: str, *, smoke: bool = False, out: Any = None,
     _write_json(outdir / "config.json", config)
     log(f"{name}: writing to {outdir}")
     t0 = time.perf_counter()
-    summary = dict(module.run(config, outdir))
+    # The cells (each skipped when finished in an earlier run), then the
+    # summary from their results.
+    table = run_cells(module, config, outdir)
+    summary = dict(module.summarize(config, table, outdir))
     runtime = time.perf_counter() - t0
     _collect_train_logs(outdir, config.get("keep_checkpoints", True))
     env.update(command=command, runtime_s=runtime,

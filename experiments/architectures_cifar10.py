@@ -2,14 +2,17 @@
 
 Command::
 
-    invjax experiment architectures_cifar10
+    invjax experiment architectures_cifar10 --out DIR --no-checkpoints
     invjax experiment architectures_cifar10 --set train_data=train   # full
+    invjax sweep experiments/architectures_cifar10.py --out DIR  # cells only
 
 Trains SimpleConv, AllConvolutional, VGG16D and ResNet18 (Quiroga et al.'s
 architectures, at small widths for the CPU) on CIFAR-10 and measures every
 layer's normalized variance under 16 rotations; `invjax.plot.layer_curves`
 with ``depth="relative"`` puts layer i of L at 100·i/(L−1)% so networks of
-different depths share one axis.
+different depths share one axis. A sweep with one cell per architecture
+(``architecture``; the cells of ``config.architectures``), each trained from
+``seed + i`` for the architecture's position i in `ARCHITECTURES`.
 
 Data: only CIFAR-10's test batch ships with this repository's shared data
 (``cifar-10-test-python.tar.gz``, 10,000 images). By default the experiment
@@ -41,17 +44,28 @@ variance).
 
 from __future__ import annotations
 
+import pathlib
+import sys
+
 import numpy as np
 
-from experiments import _runner
-from experiments import mnist_rotation_augmentation as exp1
+# `invjax sweep experiments/<name>.py` imports this file by its path: the
+# repository root must be importable for the `experiments` package.
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from experiments import _runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import mnist_rotation_augmentation as exp1  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ARCHITECTURES = ("SimpleConv", "AllConvolutional", "VGG16D", "ResNet18")
 
 DEFAULTS = dict(
     dataset="cifar10",
     train_data="test_holdout",  # or "train" (needs data_batch_1..5)
     data_seed=0,
     n_measure=1000,
-    architectures=["SimpleConv", "AllConvolutional", "VGG16D", "ResNet18"],
+    architectures=list(ARCHITECTURES),  # the cells, one per architecture
     simpleconv_channels=8,
     allconv_filters=8,
     vgg_base=8,
@@ -63,6 +77,7 @@ DEFAULTS = dict(
     schedule="cosine",
     num_rotations=16,
     measure_batch_size=50,
+    architecture=None,      # a cell's architecture, set by get_sweep
 )
 
 # Smoke mode trains the two cheapest architectures only: VGG16D and ResNet18
@@ -87,8 +102,7 @@ def get_config(smoke: bool = False, **overrides) -> _runner.Config:
                                presets=PRESETS, overrides=overrides)
   _runner.check_choice(config, "dataset", ("cifar10",))
   _runner.check_choice(config, "train_data", ("test_holdout", "train"))
-  unknown = set(config.architectures) - {"SimpleConv", "AllConvolutional",
-                                         "VGG16D", "ResNet18"}
+  unknown = set(config.architectures) - set(ARCHITECTURES)
   if unknown:
     raise ValueError(f"unknown architectures {sorted(unknown)}")
   return config
@@ -132,25 +146,49 @@ def at_depth(result, percent: float) -> float:
   return float(np.interp(percent, x[ok], v[ok]))
 
 
-def run(config: _runner.Config, outdir) -> dict:
-  """Trains and measures each architecture."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from invjax import plot  # pylint: disable=g-import-not-at-top
+def get_sweep(config: _runner.Config | None = None) -> list[dict]:
+  """The cells: one per architecture of ``config.architectures``."""
+  config = get_config() if config is None else config
+  return [{"architecture": name} for name in config.architectures]
 
+
+def run(config, outdir) -> dict:
+  """One cell, as `invjax sweep` calls it (presets, smoke mode resolved)."""
+  return run_cell(_runner.resolve(get_config, config), outdir)
+
+
+def run_cell(config: _runner.Config, outdir) -> dict:
+  """Trains and measures one architecture; ``{"nv": MeasureResult}``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  name = config.architecture
+  _runner.check_choice(config, "architecture", ARCHITECTURES)
   data = load_cifar(config)
-  train_y, measure_y = data[1], data[3]
-  _runner.log(f"  CIFAR-10: {len(train_y)} training images "
-              f"({config.train_data}), {len(measure_y)} measured")
-  measured = exp1.rotations(config.num_rotations)
+  _runner.log(f"  CIFAR-10: {len(data[1])} training images "
+              f"({config.train_data}), {len(data[3])} measured")
+  model = build(name, config)
+  # seed + the position in ARCHITECTURES: the same seed for an architecture
+  # whichever others run.
+  variables, acc, result = exp1.train_and_measure(
+      model, config, data, outdir=outdir, label=name,
+      seed=config.seed + ARCHITECTURES.index(name), augment=None,
+      measured=exp1.rotations(config.num_rotations))
+  n_params = sum(int(np.size(p)) for p in
+                 jax.tree.leaves(variables["params"]))
+  _runner.write_cell_record(outdir, {"accuracy": acc, "params": n_params})
+  return {"nv": _runner.maybe_compact(result, config)}
+
+
+def summarize(config: _runner.Config, table, outdir) -> dict:
+  """The table at relative depth, figures and finding from the cells."""
+  from invjax import plot  # pylint: disable=g-import-not-at-top
+  del table  # the figures take the results themselves
   results, rows, metrics = {}, [], {}
-  for i, name in enumerate(config.architectures):
-    model = build(name, config)
-    variables, acc, result = exp1.train_and_measure(
-        model, config, data, outdir=outdir, label=name, seed=config.seed + i,
-        augment=None, measured=measured)
+  for name, cell in zip(config.architectures, _runner.cell_ids(
+      sys.modules[__name__], config)):
+    result = _runner.cell_results(outdir, cell)["nv"][0]
+    record = _runner.read_cell_record(outdir, cell)
+    acc, n_params = record["accuracy"], record["params"]
     results[name] = result
-    n_params = sum(int(np.size(p)) for p in
-                   jax.tree.leaves(variables["params"]))
     depth = {d: at_depth(result, d) for d in DEPTHS}
     metrics[name] = dict(accuracy=acc, params=n_params,
                          layers=len(result.layers), mean_nv=result.mean(),
@@ -158,6 +196,7 @@ def run(config: _runner.Config, outdir) -> dict:
     rows.append([name, n_params, acc["accuracy"], acc["transformed_accuracy"],
                  len(result.layers)] + [depth[d] for d in DEPTHS]
                 + [result.mean()])
+  n_measured = next(iter(results.values())).settings.get("num_samples")
   _runner.save_figure(outdir, "layer_curves_relative",
                       plot.layer_curves(results, depth="relative"))
   lo, hi = plot.shared_scale(results)  # one colour scale for all models
@@ -179,10 +218,11 @@ def run(config: _runner.Config, outdir) -> dict:
   return {
       "tables": [_runner.table(
           f"NV of {len(results)} architectures ({config.num_rotations} "
-          f"rotations, {len(measure_y)} images) at relative depth",
+          f"rotations, {n_measured} images) at relative depth",
           ["model", "params", "accuracy", "rotated acc.", "layers"]
           + [f"NV@{d}%" for d in DEPTHS] + ["mean NV"], rows)],
       "findings": findings,
       "metrics": {"models": metrics, "expected_held": bool(held)},
-      "seeds": [config.seed + i for i in range(len(config.architectures))],
+      "seeds": [config.seed + ARCHITECTURES.index(n)
+                for n in config.architectures],
   }

@@ -4,6 +4,9 @@ Command::
 
     invjax experiment genuine_invariance
     invjax experiment genuine_invariance --dataset digits     # no download
+    invjax sweep experiments/genuine_invariance.py --out DIR  # one cell
+
+A sweep of one cell, the whole experiment (see `get_sweep`).
 
 Four models trained on MNIST, compared under C4 = ``rot90()``:
 
@@ -49,9 +52,18 @@ G-CNN, which is exactly invariant everywhere (G-EED, PI, LI = 0, SIS = 1).
 
 from __future__ import annotations
 
+import pathlib
+import sys
+
+# `invjax sweep experiments/<name>.py` imports this file by its path: the
+# repository root must be importable for the `experiments` package.
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
 import numpy as np
 
-from experiments import _runner
+from experiments import _runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEFAULTS = dict(
     dataset="mnist",        # "mnist" or "digits"
@@ -180,7 +192,7 @@ def mean_saliency_invariance(fn, params, images: np.ndarray,
   return float(values[:n].mean())
 
 
-def run(config: _runner.Config, outdir) -> dict:
+def experiment(config: _runner.Config, outdir) -> dict:
   """Trains the four models and measures them on three distributions."""
   import jax  # pylint: disable=g-import-not-at-top
   import invjax  # pylint: disable=g-import-not-at-top
@@ -303,4 +315,33 @@ def run(config: _runner.Config, outdir) -> dict:
               f"{w:g}": a for w, a in val_scores.items()},
           "expected_held": held},
       "seeds": [config.seed + i for i in range(len(MODELS))],
+      # Saved by the sweep in the cell's results/ (and in the table).
+      "results": {f"geed_{m}_{d}": r for (m, d), r in geed_results.items()},
   }
+
+
+# A sweep of one cell, the whole experiment: the regularized model needs the
+# λ chosen before it, and every model is measured on the same three input
+# distributions; cells per model would have to pass those between them.
+
+
+def get_sweep(config: _runner.Config | None = None) -> list[dict]:
+  """One cell: the whole experiment."""
+  del config
+  return [{}]
+
+
+def run(config, outdir) -> dict:
+  """The cell, as `invjax sweep` calls it (presets, smoke mode resolved)."""
+  return run_cell(_runner.resolve(get_config, config), outdir)
+
+
+def run_cell(config: _runner.Config, outdir) -> dict:
+  """Runs `experiment` in the cell's folder; its MeasureResults."""
+  return _runner.whole_cell(experiment, config, outdir)
+
+
+def summarize(config: _runner.Config, table, outdir) -> dict:
+  """The cell's summary; its figures and files copied to ``outdir``."""
+  del table
+  return _runner.whole_summary(sys.modules[__name__], config, outdir)

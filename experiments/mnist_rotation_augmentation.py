@@ -5,12 +5,14 @@ Command::
     invjax experiment mnist_rotation_augmentation                 # digits
     invjax experiment mnist_rotation_augmentation --dataset mnist
     invjax experiment mnist_rotation_augmentation --set preset=gpu
+    invjax sweep experiments/mnist_rotation_augmentation.py --out DIR  # cells
 
 Trains Quiroga et al.'s SimpleConv twice from the same seed, without and with
 rotation augmentation (one random angle of 64 per sample and step), then
 measures every layer's normalized variance NV = TV / SV (Quiroga et al.,
 CACIC 2019 / JCS&T 2020) under 16 rotations on held-out images, and the
-accuracy on clean and on rotated test images.
+accuracy on clean and on rotated test images. A sweep of two cells
+(``model`` = plain, augmented), summarized into results.md.
 
 Data: by default scikit-learn's bundled digits upsampled to 28×28 (no
 download): 500 stratified images are measured, the other 1,297 train.
@@ -31,9 +33,18 @@ accuracy on rotated test images at a small cost in clean accuracy.
 
 from __future__ import annotations
 
+import pathlib
+import sys
+
 import numpy as np
 
-from experiments import _runner
+# `invjax sweep experiments/<name>.py` imports this file by its path: the
+# repository root must be importable for the `experiments` package.
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from experiments import _runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEFAULTS = dict(
     dataset="digits",       # "digits" (bundled) or "mnist"
@@ -49,7 +60,10 @@ DEFAULTS = dict(
     num_rotations=16,       # measured rotations, evenly over 360°
     augment_rotations=64,   # augmentation angles, evenly over 360°
     measure_batch_size=100,
+    model=None,             # a cell's model, set by get_sweep
 )
+
+MODELS = ("plain", "augmented")
 
 SMOKE = dict(_runner.SMOKE_DIGITS, num_rotations=4, augment_rotations=8)
 
@@ -75,8 +89,8 @@ def train_and_measure(model, config, data, *, outdir, label: str, seed: int,
   """Trains ``model``, then its accuracy and every layer's NV under ``measured``.
 
   Returns:
-    ``(variables, accuracy dict, MeasureResult)``; the result is also saved
-    as ``outdir/nv_<label>.npz``.
+    ``(variables, accuracy dict, MeasureResult)``; the training workdir is
+    ``outdir/checkpoints/<label>``.
   """
   import invjax  # pylint: disable=g-import-not-at-top
   train_x, train_y, test_x, test_y = data
@@ -88,28 +102,49 @@ def train_and_measure(model, config, data, *, outdir, label: str, seed: int,
       invjax.measures.normalized_variance(),
       batch_size=config.measure_batch_size, layers=_runner.not_output,
       progress=_runner.progress(config))
-  _runner.save_result(outdir, f"nv_{label}", result, config)
   return variables, accuracy, result
 
 
-def run(config: _runner.Config, outdir) -> dict:
-  """Trains both models, measures them, writes results and figures."""
-  from invjax import models  # pylint: disable=g-import-not-at-top
-  from invjax import plot  # pylint: disable=g-import-not-at-top
+def get_sweep(config: _runner.Config | None = None) -> list[dict]:
+  """The cells: one per model (plain, augmented), both from ``config.seed``."""
+  del config  # the same two cells for every config
+  return [{"model": m} for m in MODELS]
 
+
+def run(config, outdir) -> dict:
+  """One cell, as `invjax sweep` calls it (presets, smoke mode resolved)."""
+  return run_cell(_runner.resolve(get_config, config), outdir)
+
+
+def run_cell(config: _runner.Config, outdir) -> dict:
+  """Trains the cell's model, measures it; ``{"nv": MeasureResult}``."""
+  from invjax import models  # pylint: disable=g-import-not-at-top
+  _runner.check_choice(config, "model", MODELS)
   data = _runner.load_digit_data(config)
-  test_y = data[3]
   _runner.log(f"  {config.dataset}: {len(data[1])} training, "
-              f"{len(test_y)} measured images")
+              f"{len(data[3])} measured images")
   measured = rotations(config.num_rotations)
-  augment = rotations(config.augment_rotations)
+  augment = (rotations(config.augment_rotations)
+             if config.model == "augmented" else None)
   model = models.SimpleConv(num_classes=10, channels=config.channels,
                             fc=config.fc)
+  _, accuracy, result = train_and_measure(
+      model, config, data, outdir=outdir, label=config.model,
+      seed=config.seed, augment=augment, measured=measured)
+  _runner.write_cell_record(outdir, {"accuracy": accuracy})
+  return {"nv": _runner.maybe_compact(result, config)}
+
+
+def summarize(config: _runner.Config, table, outdir) -> dict:
+  """Tables, findings, metrics and figures from the two cells' results."""
+  from invjax import plot  # pylint: disable=g-import-not-at-top
+  del table  # the results themselves are needed for the figures
   results, accuracy = {}, {}
-  for label, aug in (("plain", None), ("augmented", augment)):
-    _, accuracy[label], results[label] = train_and_measure(
-        model, config, data, outdir=outdir, label=label, seed=config.seed,
-        augment=aug, measured=measured)
+  for label, cell in zip(MODELS, _runner.cell_ids(
+      sys.modules[__name__], config)):
+    results[label] = _runner.cell_results(outdir, cell)["nv"][0]
+    accuracy[label] = _runner.read_cell_record(outdir, cell)["accuracy"]
+  n_measured = results["plain"].settings.get("num_samples")
   # One colour scale for both heat maps, so that their colours compare.
   lo, hi = plot.shared_scale(results)
   for label, result in results.items():
@@ -149,7 +184,7 @@ def run(config: _runner.Config, outdir) -> dict:
       "tables": [
           _runner.table(f"Normalized variance per layer "
                         f"({config.num_rotations} rotations, "
-                        f"{len(test_y)} images)",
+                        f"{n_measured} images)",
                         ["layer", "NV plain", "NV augmented",
                          "augmented / plain"], rows),
           _runner.table("Accuracy (rotated: mean over every image × "

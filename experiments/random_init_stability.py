@@ -2,8 +2,10 @@
 
 Command::
 
-    invjax experiment random_init_stability
+    invjax experiment random_init_stability --out DIR --no-checkpoints
     invjax experiment random_init_stability --set preset=gpu   # 30 seeds
+    invjax experiment random_init_stability --set ensemble=False  # one by one
+    invjax sweep experiments/random_init_stability.py --out DIR  # cells only
 
 Trains SimpleConv from ``num_seeds`` seeds (seed, seed + 1, ...), each
 without and with rotation augmentation, and measures every layer's
@@ -15,13 +17,27 @@ augmented-vs-plain gap to the across-seed spread,
 
     ratio = |mean_aug − mean_plain| / sqrt((std_aug² + std_plain²) / 2).
 
+A sweep with one cell per (``model``, ``seed``): ``model`` = plain,
+augmented; ``seed`` = seed, ..., seed + num_seeds − 1. The cells of one
+model differ only in their seed, so they run as one group (`run_group`):
+the seeds train together as one vmapped program (`invjax.train.fit(...,
+seeds=)`) and are measured together in one `invjax.measure` call on
+``capture.linen(..., ensemble=True)``; each member's result equals that
+seed trained and measured alone to float round-off (``--set ensemble=False``
+runs the cells one at a time). `invjax sweep` runs the cells of
+``get_sweep()``, the default ``seed`` and ``num_seeds``; `invjax experiment`
+takes them from the resolved config and writes the summary.
+
 Data: the bundled digits (500 measured, 1,297 train); ``--dataset mnist``
 uses MNIST as `mnist_rotation_augmentation` does.
 
-Runtime: CPU full (5 seeds × 2 models, C = 8, 600 steps): 3–5 min on 2
-CPU cores; smoke mode (2 seeds) about 40 s. GPU preset (30 seeds, MNIST,
-C = 32, 3,000 steps): about 20 min on one H100 (an estimate: the GPU
-settings have not been timed).
+Runtime: CPU full (5 seeds × 2 models, C = 8, 600 steps): 18.5 min on 2
+busy CPU cores as two ensembles of 5 (the committed run, 2026-12-01;
+vmapped convolutions train several times slower on XLA:CPU, see
+benchmarks/ensemble_cpu.md), about 3 min with ``--set ensemble=False``
+(one seed at a time, the run before sweeps); smoke mode (2 seeds) about
+40 s. GPU preset (30 seeds, MNIST, C = 32, 3,000 steps): about 20 min on
+one H100 (an estimate: the GPU settings have not been timed).
 
 Expected result (Quiroga et al., "Measuring (in)variances in convolutional
 networks", 2020/2023): the NV profile is a property of the architecture and
@@ -32,10 +48,19 @@ final layers (ratio ≫ 1, Welch p < 0.01 there).
 
 from __future__ import annotations
 
+import pathlib
+import sys
+
 import numpy as np
 
-from experiments import _runner
-from experiments import mnist_rotation_augmentation as exp1
+# `invjax sweep experiments/<name>.py` imports this file by its path: the
+# repository root must be importable for the `experiments` package.
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from experiments import _runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import mnist_rotation_augmentation as exp1  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEFAULTS = dict(
     dataset="digits",
@@ -53,7 +78,11 @@ DEFAULTS = dict(
     augment_rotations=64,
     measure_batch_size=100,
     alpha=0.01,             # significance level of the per-layer test
+    ensemble=True,          # False: train and measure one seed at a time
+    model=None,             # a cell's model, set by get_sweep
 )
+
+MODELS = ("plain", "augmented")
 
 SMOKE = dict(_runner.SMOKE_DIGITS, num_seeds=2, num_rotations=4,
              augment_rotations=8)
@@ -74,26 +103,90 @@ def get_config(smoke: bool = False, **overrides) -> _runner.Config:
   return config
 
 
-def run(config: _runner.Config, outdir) -> dict:
-  """Trains every seed with and without augmentation; compares the spreads."""
-  from invjax import models  # pylint: disable=g-import-not-at-top
-  from invjax import plot  # pylint: disable=g-import-not-at-top
+def get_sweep(config: _runner.Config | None = None) -> list[dict]:
+  """The cells: every (model, seed), the model varying slowest."""
+  from invjax import sweep  # pylint: disable=g-import-not-at-top
+  config = get_config() if config is None else config
+  return sweep.product(model=list(MODELS), seed=[
+      config.seed + i for i in range(config.num_seeds)])
 
+
+def _setup(config):
+  from invjax import models  # pylint: disable=g-import-not-at-top
+  _runner.check_choice(config, "model", MODELS)
   data = _runner.load_digit_data(config)
   measured = exp1.rotations(config.num_rotations)
-  augment = exp1.rotations(config.augment_rotations)
+  augment = (exp1.rotations(config.augment_rotations)
+             if config.model == "augmented" else None)
   model = models.SimpleConv(num_classes=10, channels=config.channels,
                             fc=config.fc)
-  seeds = [config.seed + i for i in range(config.num_seeds)]
+  return model, data, measured, augment
+
+
+def run(config, outdir) -> dict:
+  """One cell, as `invjax sweep` calls it (presets, smoke mode resolved)."""
+  return run_cell(_runner.resolve(get_config, config), outdir)
+
+
+def run_group(configs, outdirs) -> list[dict]:
+  """Cells differing only in seed, as `invjax sweep` calls it: an ensemble."""
+  return run_group_cells([_runner.resolve(get_config, c) for c in configs],
+                         outdirs)
+
+
+def run_cell(config: _runner.Config, outdir) -> dict:
+  """One seed alone: trains it, measures it; ``{"nv": MeasureResult}``."""
+  model, data, measured, augment = _setup(config)
+  _, acc, result = exp1.train_and_measure(
+      model, config, data, outdir=outdir,
+      label=f"{config.model}_seed{config.seed}", seed=config.seed,
+      augment=augment, measured=measured)
+  _runner.write_cell_record(outdir, {"accuracy": acc})
+  return {"nv": _runner.maybe_compact(result, config)}
+
+
+def run_group_cells(configs: list[_runner.Config], outdirs) -> list[dict]:
+  """Seeds of one model as one ensemble: one training, one measurement.
+
+  The ensemble's checkpoints go to the first cell's folder, named after the
+  seeds (a rerun of the same unfinished cells resumes them).
+  """
+  import invjax  # pylint: disable=g-import-not-at-top
+  config = configs[0]
+  seeds = [int(c.seed) for c in configs]
+  model, (train_x, train_y, test_x, test_y), measured, augment = _setup(
+      config)
+  label = f"{config.model}_seeds{'-'.join(map(str, seeds))}"
+  variables = _runner.fit(model, config, train_x, train_y, outdir=outdirs[0],
+                          label=label, seeds=seeds, augment=augment)
+  accuracy = _runner.evaluate(model, variables, test_x, test_y, measured,
+                              ensemble=True)
+  # One program measures every member: a list of K results, in seed order.
+  results = invjax.measure(
+      invjax.capture.linen(model, variables, ensemble=True), test_x,
+      measured, invjax.measures.normalized_variance(),
+      batch_size=config.measure_batch_size, layers=_runner.not_output,
+      progress=_runner.progress(config))
+  out = []
+  for outdir, acc, result in zip(outdirs, accuracy, results):
+    _runner.write_cell_record(outdir, {"accuracy": acc})
+    out.append({"nv": _runner.maybe_compact(result, config)})
+  return out
+
+
+def summarize(config: _runner.Config, table, outdir) -> dict:
+  """Compares the spreads over seeds from the cells' results."""
+  from invjax import plot  # pylint: disable=g-import-not-at-top
+  del table  # compare_layers and seed_spread take the results themselves
+  cells = _runner.cell_ids(sys.modules[__name__], config)
   groups = {"plain": [], "augmented": []}
   accuracy = {"plain": [], "augmented": []}
-  for seed in seeds:
-    for label, aug in (("plain", None), ("augmented", augment)):
-      _, acc, result = exp1.train_and_measure(
-          model, config, data, outdir=outdir, label=f"{label}_seed{seed}",
-          seed=seed, augment=aug, measured=measured)
-      accuracy[label].append(acc)
-      groups[label].append(result)
+  for overrides, cell in zip(get_sweep(config), cells):
+    groups[overrides["model"]].append(
+        _runner.cell_results(outdir, cell)["nv"][0])
+    accuracy[overrides["model"]].append(
+        _runner.read_cell_record(outdir, cell)["accuracy"])
+  seeds = [config.seed + i for i in range(config.num_seeds)]
 
   _runner.save_figure(outdir, "seed_spread", plot.seed_spread(groups))
   tests = plot.compare_layers(groups["augmented"], groups["plain"],

@@ -4,6 +4,9 @@ Command::
 
     invjax experiment shared_invariance
     invjax experiment shared_invariance --dataset mnist
+    invjax sweep experiments/shared_invariance.py --out DIR  # one cell
+
+A sweep of one cell, the whole experiment (see `get_sweep`).
 
 Trains two SimpleConvs (seeds s, s + 1) and a C4GCNN on the same data and
 compares their penultimate representations (SimpleConv ``fc1_act``, C4GCNN
@@ -33,10 +36,17 @@ lowest value.
 from __future__ import annotations
 
 import pathlib
+import sys
+
+# `invjax sweep experiments/<name>.py` imports this file by its path: the
+# repository root must be importable for the `experiments` package.
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
 
 import numpy as np
 
-from experiments import _runner
+from experiments import _runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEFAULTS = dict(
     dataset="digits",
@@ -78,7 +88,7 @@ def features(model, variables):
   """images -> penultimate features (n, d); one function object per model."""
   import invjax  # pylint: disable=g-import-not-at-top
   layer = FEATURES[type(model).__name__]
-  acts = invjax.capture.linen(model, variables, filter=[layer])
+  acts = invjax.capture.linen(model, variables, layers=[layer])
 
   def fn(x):
     return acts(x)[layer]
@@ -103,7 +113,7 @@ def bar_figure(metrics: dict):
   return fig
 
 
-def run(config: _runner.Config, outdir) -> dict:
+def experiment(config: _runner.Config, outdir) -> dict:
   """Trains three models and computes STIR and CKA for two pairs."""
   import jax  # pylint: disable=g-import-not-at-top
   from invjax import models  # pylint: disable=g-import-not-at-top
@@ -180,3 +190,29 @@ def run(config: _runner.Config, outdir) -> dict:
                   "expected_held": held},
       "seeds": [s for _, s in specs.values()],
   }
+
+
+# A sweep of one cell, the whole experiment: STIR and CKA compare pairs of
+# models, so the three trained networks must be together in one run.
+
+
+def get_sweep(config: _runner.Config | None = None) -> list[dict]:
+  """One cell: the whole experiment."""
+  del config
+  return [{}]
+
+
+def run(config, outdir) -> dict:
+  """The cell, as `invjax sweep` calls it (presets, smoke mode resolved)."""
+  return run_cell(_runner.resolve(get_config, config), outdir)
+
+
+def run_cell(config: _runner.Config, outdir) -> dict:
+  """Runs `experiment` in the cell's folder; its MeasureResults."""
+  return _runner.whole_cell(experiment, config, outdir)
+
+
+def summarize(config: _runner.Config, table, outdir) -> dict:
+  """The cell's summary; its figures and files copied to ``outdir``."""
+  del table
+  return _runner.whole_summary(sys.modules[__name__], config, outdir)

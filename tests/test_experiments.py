@@ -2,7 +2,8 @@
 
 The smoke settings share models and batch shapes so the five runs reuse
 compiled programs; checks recompute the recorded numbers independently
-(NumPy/SciPy in float64) from the files each run wrote.
+(NumPy/SciPy in float64) from the files each run wrote. Every experiment is
+a sweep: its results are in the run directory's cells (`invjax.sweep.load`).
 """
 
 import json
@@ -30,14 +31,23 @@ def runs(tmp_path_factory):
   """Runs each experiment once (lazily) in smoke mode."""
   cache = {}
 
-  def get(name, tag="a"):
+  def get(name, tag="a", **overrides):
     if (name, tag) not in cache:
       out = tmp_path_factory.mktemp(f"{name}_{tag}")
-      cache[(name, tag)] = _runner.run_experiment(name, smoke=True, out=out,
-                                                  quiet=True)
+      cache[(name, tag)] = _runner.run_experiment(
+          name, smoke=True, out=out, quiet=True, overrides=overrides)
     return cache[(name, tag)]
 
   return get
+
+
+def _result(outdir: pathlib.Path, name: str = "nv", **overrides):
+  """The result ``name`` of the one cell of ``outdir`` with ``overrides``."""
+  table = invjax.sweep.load(outdir)
+  for key, value in overrides.items():
+    table = table[table[key] == value]
+  (cell,) = table["cell"].unique()
+  return _runner.cell_results(outdir, cell)[name][0]
 
 
 def _check_common(outdir: pathlib.Path, summary: dict, name: str) -> dict:
@@ -51,10 +61,24 @@ def _check_common(outdir: pathlib.Path, summary: dict, name: str) -> dict:
   md = (outdir / "results.md").read_text()
   assert md == summary["markdown"]
   assert md.startswith(f"# {name}") and "| " in md and "## Provenance" in md
-  assert list(outdir.glob("*.npz")) and list(outdir.glob("*.png"))
-  # Each trained model's checkpoint dir and a copy of its training log.
+  assert list(outdir.glob("*.png")) and (outdir / "results.parquet").is_file()
+  # The sweep's table is the cells' results (per_layer values).
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  table = invjax.sweep.load(outdir)
+  assert table.equals(pd.read_parquet(outdir / "results.parquet"))
+  for cell in table["cell"].unique():
+    rows = table[table["cell"] == cell]
+    for result_name, results in _runner.cell_results(outdir, cell).items():
+      for i, r in enumerate(results):
+        mine = rows[(rows["result"] == result_name)
+                    & (rows["result_index"] == i)]
+        assert list(mine["layer"]) == r.layers
+        np.testing.assert_array_equal(
+            mine["value"], [r.per_layer[l] for l in r.layers])
+  # Each trained model's checkpoint dir (in its cell's folder) and a copy of
+  # its training log.
   logs = sorted(p.stem for p in (outdir / "train_logs").glob("*.jsonl"))
-  ckpts = sorted(p.name for p in (outdir / "checkpoints").iterdir())
+  ckpts = sorted(p.name for p in _runner.checkpoint_dirs(outdir))
   assert logs == ckpts and logs
   return metrics
 
@@ -106,7 +130,7 @@ def test_mnist_rotation_augmentation(runs):
   outdir, summary = runs(NAMES[0])
   metrics = _check_common(outdir, summary, NAMES[0])
   for label in ("plain", "augmented"):
-    result = invjax.load_result(outdir / f"nv_{label}.npz")
+    result = _result(outdir, model=label)
     assert result.layers[-1] == "logits" and "output" not in result.layers
     # The per-layer value is the finite mean of the per-feature-map values.
     for layer in result.layers:
@@ -126,8 +150,7 @@ def test_mnist_rotation_augmentation_is_deterministic(runs):
   assert (sa["markdown"].split("## Provenance")[0] ==
           sb["markdown"].split("## Provenance")[0])
   for label in ("plain", "augmented"):
-    ra = invjax.load_result(a / f"nv_{label}.npz")
-    rb = invjax.load_result(b / f"nv_{label}.npz")
+    ra, rb = _result(a, model=label), _result(b, model=label)
     assert ra.per_layer == rb.per_layer
   assert (json.loads((a / "metrics.json").read_text()) ==
           json.loads((b / "metrics.json").read_text()))
@@ -138,8 +161,8 @@ def test_random_init_stability(runs):
   metrics = _check_common(outdir, summary, NAMES[1])
   assert json.loads((outdir / "environment.json").read_text())["seeds"] == [
       0, 1]
-  groups = {g: [invjax.load_result(outdir / f"nv_{g}_seed{s}.npz")
-                for s in (0, 1)] for g in ("plain", "augmented")}
+  groups = {g: [_result(outdir, model=g, seed=s) for s in (0, 1)]
+            for g in ("plain", "augmented")}
   for layer, rec in metrics["per_layer"].items():
     p = np.array([r.per_layer[layer] for r in groups["plain"]])
     a = np.array([r.per_layer[layer] for r in groups["augmented"]])
@@ -152,12 +175,58 @@ def test_random_init_stability(runs):
   assert (outdir / "seed_spread.png").is_file()
 
 
+def test_random_init_stability_ensembles_equal_one_seed_at_a_time(runs):
+  # The group path trains each model's seeds as one ensemble (one vmapped
+  # training, one measurement); ensemble=False runs each cell alone. The
+  # tables agree to float round-off.
+  outdir, _ = runs(NAMES[1])
+  alone, _ = runs(NAMES[1], "one_at_a_time", ensemble=False)
+  assert sorted(p.stem for p in (outdir / "train_logs").glob("*")) == [
+      "augmented_seeds0-1", "plain_seeds0-1"]
+  assert sorted(p.stem for p in (alone / "train_logs").glob("*")) == [
+      "augmented_seed0", "augmented_seed1", "plain_seed0", "plain_seed1"]
+  a, b = invjax.sweep.load(outdir), invjax.sweep.load(alone)
+  assert len(a) == 4 * 15
+  cols = ["model", "seed", "cell", "result", "layer"]
+  assert a[cols].equals(b[cols])
+  np.testing.assert_allclose(a["value"], b["value"], rtol=1e-5, atol=1e-7)
+
+
+def test_an_experiment_runs_as_a_sweep(runs, tmp_path):
+  # `invjax sweep experiments/<name>.py --set smoke=True`: the same cells
+  # and the same table as `invjax experiment <name> --smoke` (presets and
+  # smoke mode resolved per cell).
+  path = str(REPO / "experiments" / "mnist_rotation_augmentation.py")
+  module = invjax.sweep.load_module(path)
+  assert [c.overrides for c in invjax.sweep.cells(module)] == [
+      {"model": "plain"}, {"model": "augmented"}]
+  table = invjax.sweep.run(path, tmp_path, settings={"smoke": True,
+                                                     "progress": False},
+                           progress=False)
+  outdir, _ = runs(NAMES[0])
+  expected = invjax.sweep.load(outdir)
+  cols = ["model", "cell", "layer"]
+  assert table[cols].equals(expected[cols])
+  np.testing.assert_allclose(table["value"], expected["value"], rtol=1e-6)
+  assert (tmp_path / "results.parquet").is_file()
+  # A preset is resolved in the cell too (its config says gpu, the smoke
+  # values win over the preset's).
+  config = module.get_config()
+  config.update(smoke=True, preset="gpu", steps=3)
+  resolved = _runner.resolve(module.get_config, config)
+  assert resolved.preset == "gpu" and resolved.steps == 3
+  assert resolved.channels == 4 and resolved.dataset == "digits"
+  resolved = _runner.resolve(module.get_config, dict(module.get_config(),
+                                                     preset="gpu"))
+  assert resolved.n_train == 60000 and resolved.dataset == "mnist"
+
+
 def test_architectures_cifar10(runs):
   outdir, summary = runs(NAMES[2])
   metrics = _check_common(outdir, summary, NAMES[2])
   assert set(metrics["models"]) == {"SimpleConv", "AllConvolutional"}
   for name, rec in metrics["models"].items():
-    result = invjax.load_result(outdir / f"nv_{name}.npz")
+    result = _result(outdir, architecture=name)
     assert result.settings["num_samples"] == 20
     v = np.array([result.per_layer[l] for l in result.layers])
     depth = np.linspace(0, 100, len(v))
@@ -238,7 +307,8 @@ def test_shared_invariance(runs):
   for label, model in (("SimpleConv_s0", models.SimpleConv(channels=4, fc=8)),
                        ("SimpleConv_s1", models.SimpleConv(channels=4, fc=8)),
                        ("C4GCNN_s0", models.C4GCNN(channels=(2, 4, 4)))):
-    state = T.load_checkpoint(str(outdir / "checkpoints" / label))
+    (workdir,) = outdir.glob(f"cells/*/checkpoints/{label}")
+    state = T.load_checkpoint(str(workdir))
     feats[label] = np.asarray(exp.features(model, state.variables)(test_x))
   for pair, rec in metrics["pairs"].items():
     m1, m2 = pair.split(" vs ")
