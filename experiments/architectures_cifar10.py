@@ -148,7 +148,8 @@ def at_depth(result, percent: float) -> float:
 
 def get_sweep(config: _runner.Config | None = None) -> list[dict]:
   """The cells: one per architecture of ``config.architectures``."""
-  config = get_config() if config is None else config
+  config = (get_config() if config is None else
+            _runner.resolve(get_config, config))
   return [{"architecture": name} for name in config.architectures]
 
 

@@ -24,9 +24,9 @@ the seeds train together as one vmapped program (`invjax.train.fit(...,
 seeds=)`) and are measured together in one `invjax.measure` call on
 ``capture.linen(..., ensemble=True)``; each member's result equals that
 seed trained and measured alone to float round-off (``--set ensemble=False``
-runs the cells one at a time). `invjax sweep` runs the cells of
-``get_sweep()``, the default ``seed`` and ``num_seeds``; `invjax experiment`
-takes them from the resolved config and writes the summary.
+runs the cells one at a time). Both `invjax sweep` and `invjax experiment`
+take the cells from the resolved config (``--set num_seeds=3``, smoke
+mode); `invjax experiment` also writes the summary.
 
 Data: the bundled digits (500 measured, 1,297 train); ``--dataset mnist``
 uses MNIST as `mnist_rotation_augmentation` does.
@@ -106,7 +106,8 @@ def get_config(smoke: bool = False, **overrides) -> _runner.Config:
 def get_sweep(config: _runner.Config | None = None) -> list[dict]:
   """The cells: every (model, seed), the model varying slowest."""
   from invjax import sweep  # pylint: disable=g-import-not-at-top
-  config = get_config() if config is None else config
+  config = (get_config() if config is None else
+            _runner.resolve(get_config, config))
   return sweep.product(model=list(MODELS), seed=[
       config.seed + i for i in range(config.num_seeds)])
 

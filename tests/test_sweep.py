@@ -135,6 +135,14 @@ def test_bad_sweeps_error_clearly(tmp_path):
   assert not sweep.is_complete(tmp_path, sweep.cell_id({"seed": 1}))
 
 
+def test_get_sweep_may_size_its_grid_from_the_base_config():
+  m = _module([], base={"seed": 0, "num_seeds": 2})
+  m.get_sweep = lambda config: sweep.product(
+      seed=range(config["num_seeds"]))
+  assert [c.overrides for c in sweep.cells(m)] == [{"seed": 0}, {"seed": 1}]
+  assert len(sweep.cells(m, {"num_seeds": 3})) == 3
+
+
 def test_groups_by_everything_but_seed():
   module = sweep.load_module(SWEEP_FILE)
   cells = sweep.cells(module)

@@ -7,6 +7,7 @@ A sweep file is a Python file in big_vision's style:
 
     def get_sweep():             # one dict of overrides per cell
       return invjax.sweep.product(seed=range(5), transform=["rotation", "scale"])
+    # or get_sweep(config), sized by the base config after --set
 
     def run(config, outdir):     # one cell: {name: MeasureResult or [results]}
       ...
@@ -40,6 +41,7 @@ import copy
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import itertools
 import json
 import math
@@ -306,7 +308,8 @@ def cells(sweep: Any, settings: Mapping[str, Any] | None = None) -> list[Cell]:
   """The sweep's cells, in ``get_sweep()`` order, with resolved configs.
 
   Each config is ``get_config()``, then ``settings`` (``--set``), then the
-  cell's overrides. Keys are checked against the base config, so a typo is
+  cell's overrides. A ``get_sweep(config)`` that takes an argument gets the
+  base config after ``settings``, so ``--set num_seeds=3`` can size a grid. Keys are checked against the base config, so a typo is
   an error rather than a silently unswept run.
 
   Raises:
@@ -322,7 +325,11 @@ def cells(sweep: Any, settings: Mapping[str, Any] | None = None) -> list[Cell]:
   base = copy.deepcopy(dict(base))
   for key, value in (settings or {}).items():
     _set_key(base, key, value, "--set")
-  grid = module.get_sweep()
+  # get_sweep(config) may read the base config (after --set): a grid whose
+  # size is a setting, e.g. num_seeds.
+  takes_config = bool(inspect.signature(module.get_sweep).parameters)
+  grid = (module.get_sweep(copy.deepcopy(base)) if takes_config else
+          module.get_sweep())
   if isinstance(grid, Mapping) or not isinstance(grid, Sequence):
     raise ValueError("get_sweep() must return a list of override dicts, got "
                      f"{type(grid).__name__}")
