@@ -166,8 +166,11 @@ def test_runner_turns_it_on(compile_cache_on, env_off, expected, tmp_path,
   fake = types.ModuleType("fake_experiment", "A stand-in experiment.")
   fake.get_config = lambda smoke=False, **kw: _runner.Config(
       seed=0, smoke=smoke, **kw)
-  fake.run = lambda config, outdir: seen.append(
+  # An experiment is a sweep: its cells, one cell's run, the summary.
+  fake.get_sweep = lambda config=None: [{}]
+  fake.run_cell = lambda config, outdir: seen.append(
       jax.config.jax_compilation_cache_dir) or {}
+  fake.summarize = lambda config, table, outdir: {}
   monkeypatch.setattr(_runner, "get_experiment", lambda name: fake)
   _runner.run_experiment("fake", out=tmp_path / "run", quiet=True,
                          compile_cache=compile_cache_on)
