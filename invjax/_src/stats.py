@@ -68,117 +68,49 @@ def weighted_sum(x: Array, weights: Array, axis: int,
   """Σ_k w_k · fn(x[..., k, ...]) along `axis`, for an elementwise `fn`.
 
   Entries with w_k = 0 are left out (selected away, so a NaN there does not
-  reach the sum). Boolean weights only select: Σ_{k: w_k} fn(x_k), with no
-  product (a 0/1 mask).
+  reach the sum).
 
   ``fn`` may return a tuple of arrays (several sums from one read of ``x``)
   and may close over arrays shaped like one slice.
 
-  An axis of at most `_UNROLL` entries (the transformations of a tile, the
-  head of `block_shift`) is summed slice by slice in the traced program, on
-  every backend: an elementwise expression that XLA fuses into whatever
-  consumes the sums, e.g. the reduction over samples that follows TV's
-  per-sample statistic, where a reduction over a middle axis ends as a
-  separate kernel whose output is transposed (XLA:GPU, H200 target,
-  `benchmarks/hlo_traffic.py`); on CPU too, where a loop would cost kernels
-  of its own and write its accumulators k times. A longer axis (the
-  samples) is, on accelerators, a plain reduction of ``fn(x) * w``, whose
-  sums XLA fuses into one kernel; on CPU, `loop_sum`.
+  On accelerators, an axis of at most `_UNROLL` entries (the transformations
+  of a tile) is summed slice by slice in the traced program: an elementwise
+  expression that XLA fuses into whatever consumes the sums, e.g. the
+  reduction over samples that follows TV's per-sample statistic, where a
+  reduction over a middle axis ends as a separate kernel whose output is
+  transposed (XLA:GPU, H200 target, `benchmarks/hlo_traffic.py`). A longer
+  axis (the samples) is a plain reduction of ``fn(x) * w``, whose sums XLA
+  fuses into one kernel. On CPU, a loop that reads one slice at a time and
+  applies ``fn`` inside it: XLA:CPU emits reductions over a major axis of a
+  large array at a small fraction of memory bandwidth (measured 10-100x
+  slower than reading the array once), and would also write ``fn(x)`` out in
+  full first, while the loop runs at about the speed of one read.
   `lax.platform_dependent` picks the branch when the program is lowered, so
   one traced function serves every backend.
   """
-  w = _as_weights(weights, x.dtype)
-
-  if x.shape[axis] <= _UNROLL:
-    # Slice by slice (a loop unrolled when lowered: traced once): fn reads
-    # x in place (XLA does not fuse one producer into k slices of it, so a
-    # sum of slices of fn(x) would write fn(x) out first), and inside a loop
-    # the k weight tests are loop-invariant scalars that every layer shares.
-    return _accumulate(x, w, axis, fn, unroll=True)
+  w = weights.astype(x.dtype)
 
   def reduce(x, w):
+    if x.shape[axis] <= _UNROLL:
+      return accumulate(x, w, unroll=True)
     shape = [1] * x.ndim
     shape[axis] = w.shape[0]
     w = w.reshape(shape)
-    return jax.tree.map(lambda v: jnp.sum(_term(w, v, 0), axis=axis), fn(x))
+    return jax.tree.map(
+        lambda v: jnp.sum(jnp.where(w > 0, v * w, 0), axis=axis), fn(x))
 
-  return jax.lax.platform_dependent(
-      x, w, cpu=lambda x, w: _accumulate(x, w, axis, fn), default=reduce)
-
-
-def loop_sum(x: Array, weights: Array, axis: int,
-             fn: Callable[[Array], Any] = lambda s: s) -> Any:
-  """`weighted_sum` as a loop that reads one slice at a time: its CPU form.
-
-  XLA:CPU emits reductions over a major axis of a large array at a small
-  fraction of memory bandwidth (measured 10-100x slower than reading the
-  array once), and would also write ``fn(x)`` out in full first, while the
-  loop runs at about the speed of one read. For code that already runs on
-  CPU only (a ``cpu`` branch of `lax.platform_dependent`), where
-  `weighted_sum` would trace its accelerator branch for nothing.
-  """
-  return _accumulate(x, _as_weights(weights, x.dtype), axis, fn)
-
-
-def _as_weights(weights: Array, dtype) -> Array:
-  return weights if weights.dtype == jnp.bool_ else weights.astype(dtype)
-
-
-def _validity(weights: Array) -> Array:
-  # A boolean mask as it is: measures that share a mask then trace the same
-  # shift, which XLA computes once.
-  return weights if weights.dtype == jnp.bool_ else weights > 0
-
-
-def _term(w: Array, v: Array, other) -> Array:
-  """w·v where w selects (w > 0), else ``other``; a boolean w only selects.
-
-  The 0/1 masks of the measures are passed as booleans: inside a loop, each
-  weight of an unrolled sum is a loop-invariant scalar that XLA:CPU hoists
-  out as a kernel of its own, so a test and no product halves those.
-  """
-  if w.dtype == jnp.bool_:
-    return jnp.where(w, v, other)
-  return jnp.where(w > 0, v * w, other)
-
-
-def _accumulate(x, w, axis, fn, unroll=False):
-  """Σ_k w_k fn(x_k) over the leading w.shape[0] entries of `axis`, in order."""
-  n = w.shape[0]
-
-  def add(fn):
+  def accumulate(x, w, unroll=False):
     def body(k, acc):
       terms = fn(jax.lax.dynamic_index_in_dim(x, k, axis, keepdims=False))
-      wk = w[k]
-      if w.dtype == jnp.bool_:
-        update = lambda a, v: jnp.where(wk, a + v, a)
-      else:
-        update = lambda a, v: jnp.where(wk > 0, a + wk * v, a)
-      return jax.tree.map(update, acc, terms)
-    return body
+      return jax.tree.map(lambda a, v: jnp.where(w[k] > 0, a + w[k] * v, a),
+                          acc, terms)
+    slice_shape = jax.ShapeDtypeStruct(x.shape[:axis] + x.shape[axis + 1:],
+                                       x.dtype)
+    zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype),
+                         jax.eval_shape(fn, slice_shape))
+    return jax.lax.fori_loop(0, x.shape[axis], body, zeros, unroll=unroll)
 
-  if unroll:
-    # The first slice's terms start the sum (0 + t = t), so no zeros have to
-    # be shaped by tracing fn once more (tracing is a good part of the
-    # compile time of a program with many layers).
-    terms = fn(jax.lax.index_in_dim(x, 0, axis, keepdims=False))
-    first = jax.tree.map(lambda v: _term(w[0], v, 0), terms)
-    if n == 1:
-      return first
-    return jax.lax.fori_loop(1, n, add(fn), first, unroll=True)
-  slice_shape = jax.ShapeDtypeStruct(x.shape[:axis] + x.shape[axis + 1:],
-                                     x.dtype)
-  shapes = jax.eval_shape(fn, slice_shape)
-  if isinstance(shapes, tuple) and len(shapes) > 1 and all(
-      (v.shape, v.dtype) == (shapes[0].shape, shapes[0].dtype)
-      for v in shapes):
-    # Sums of one shape are carried stacked: XLA:CPU writes each array a
-    # loop carries with a kernel of its own (compiled once per shape).
-    zeros = jnp.zeros((len(shapes),) + shapes[0].shape, shapes[0].dtype)
-    sums = jax.lax.fori_loop(0, n, add(lambda s: jnp.stack(fn(s))), zeros)
-    return tuple(sums[i] for i in range(len(shapes)))
-  zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), shapes)
-  return jax.lax.fori_loop(0, n, add(fn), zeros)
+  return jax.lax.platform_dependent(x, w, cpu=accumulate, default=reduce)
 
 
 def head_size(length: int) -> int:
@@ -195,17 +127,15 @@ def block_shift(x: Array, weights: Array, axis: int) -> Array:
   masked (in a stratified run each class shifts by its own samples). Reading
   k ≤ L/8 entries costs ≤ 1/8 read. 0 when no entry is valid.
   """
-  valid = _validity(weights)
+  w = weights.astype(x.dtype)
   k = head_size(x.shape[axis])
+  valid = w > 0
   first = jnp.argmax(valid)       # 0 when none is valid
-  x0 = jax.lax.dynamic_index_in_dim(x, first, axis, keepdims=False)
-  head = jax.lax.slice_in_dim(valid, 0, k)
-  # x − x0 over the first k entries, read slice by slice from x itself (a
-  # slice of x would be written out first).
-  offset = (_accumulate(x, head, axis, lambda s: s - x0, unroll=True) /
-            jnp.maximum(jnp.sum(head.astype(x.dtype)), 1))
-  # The first valid entry is valid iff any is.
-  shift = jnp.where(valid[first], x0 + offset, 0)
+  x0 = jax.lax.dynamic_index_in_dim(x, first, axis, keepdims=True)
+  head_w = jax.lax.slice_in_dim(w, 0, k)
+  head = jax.lax.slice_in_dim(x, 0, k, axis=axis) - x0
+  offset = weighted_sum(head, head_w, axis) / jnp.maximum(jnp.sum(head_w), 1)
+  shift = jnp.where(jnp.any(valid), jnp.squeeze(x0, axis) + offset, 0)
   return jax.lax.stop_gradient(shift)
 
 
@@ -229,8 +159,8 @@ def block_moments(x: Array, weights: Array, axis: int) -> Moments:
   Returns:
     Moments with that axis removed; count is a scalar.
   """
-  valid = _validity(weights)
-  shift = block_shift(x, valid, axis)
+  w = weights.astype(x.dtype)
+  shift = block_shift(x, w, axis)
   # In the reduction branch the closure sees x's full shape: put the reduced
   # axis back into the slice-shaped shift.
   at = lambda v, s: v if s.ndim == v.ndim else jnp.expand_dims(v, axis)
@@ -240,8 +170,8 @@ def block_moments(x: Array, weights: Array, axis: int) -> Moments:
     return d, d * d
 
   # One read of x for both sums (one fused reduction on accelerators).
-  s1, s2 = weighted_sum(x, valid, axis, shifted_powers)
-  return moments_from_sums(jnp.sum(valid.astype(x.dtype)), shift, s1, s2)
+  s1, s2 = weighted_sum(x, w, axis, shifted_powers)
+  return moments_from_sums(jnp.sum(w), shift, s1, s2)
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:

@@ -58,29 +58,6 @@ def _p_value_dtype() -> Any:
   return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
-# Units per block of `_betainc_blocks`.
-_P_BLOCK = 1024
-
-
-def _betainc_blocks(a: jax.Array, b: jax.Array, y: jax.Array) -> jax.Array:
-  """I_y(a, b) for scalar a, b, computed on fixed-size blocks of y's units.
-
-  XLA compiles its kernels once per shape, and the incomplete beta function
-  (a continued fraction in a loop) takes a few dozen: mapped over
-  (⌈units/_P_BLOCK⌉, _P_BLOCK) blocks, the layers share most of them
-  (compile time on CPU grows with the number of distinct kernels; ANOVA's
-  finalize on SimpleConv's 15 layers compiles in about 3/4 of the time).
-  Padding units hold y = 0 and are dropped.
-  """
-  flat = y.reshape(-1)
-  units = flat.shape[0]
-  blocks = -(-units // _P_BLOCK)
-  flat = jnp.pad(flat, (0, blocks * _P_BLOCK - units))
-  p = jax.lax.map(lambda v: special.betainc(a, b, v),
-                  flat.reshape(blocks, _P_BLOCK))
-  return p.reshape(-1)[:units].reshape(y.shape)
-
-
 def f_statistic(columns: stats.Moments, valid: jax.Array):
   """F, its p-value and the degrees of freedom from per-group moments.
 
@@ -126,7 +103,7 @@ def f_statistic(columns: stats.Moments, valid: jax.Array):
   # F = inf gives y = 0, so p = 0; guards keep the unused branches finite.
   denom = jnp.maximum(d1f * jnp.where(finite, fd, 0) + d2f, 1)
   y = jnp.where(finite, d2f / denom, 0)
-  p = _betainc_blocks(jnp.maximum(d2f, 1) / 2, jnp.maximum(d1f, 1) / 2, y)
+  p = special.betainc(jnp.maximum(d2f, 1) / 2, jnp.maximum(d1f, 1) / 2, y)
   # No test without degrees of freedom, and a constant unit shows no effect.
   constant = (msb <= 0) & (msw <= 0)
   p = jnp.where(has_dof & ~constant, p, 1)

@@ -26,10 +26,9 @@ statistic 0, as in tmeasures. NV divides with `safe_divide`: 0/0 → 1, x/0 → 
 TV and SV come out of the same tile: TV from per-sample moments over the
 transformation axis, SV from per-transformation moments over samples merged
 across batches (Chan), so NV needs one pass where tmeasures makes two.
-On accelerators XLA still reads each tile twice for them (its reductions over
-samples and over transformations are separate kernels); NV's
-``implementation="pallas"`` reads it once (`fused_sums`), and so does NV's
-default update on CPU, a loop over the samples (`_one_read_nv_update`).
+XLA still reads each tile twice for them (its reductions over samples and over
+transformations are separate kernels); NV's ``implementation="pallas"`` reads
+it once (`fused_sums`).
 """
 
 from __future__ import annotations
@@ -76,25 +75,8 @@ class TVState(NamedTuple):
 
 
 class ColumnMoments(NamedTuple):
-  """Moments per transformation column; `columns` reads them as `Moments`.
-
-  The offsets, M2 and shifts are stacked in one (3, Tp, *shape) array, so
-  that a merge writes them with one kernel: XLA:CPU compiles a kernel per
-  output array (and per shape), and compile time grows with their number.
-  """
-  count: jax.Array              # (Tp, 1, ...) per column
-  fields: jax.Array             # (3, Tp, *shape): offset, M2, shift
+  columns: stats.Moments        # per transformation: (Tp, *shape)
   valid: jax.Array              # (Tp,) bool: False for padding columns
-
-  @property
-  def columns(self) -> stats.Moments:
-    return stats.Moments(self.count, self.fields[0], self.fields[1],
-                         self.fields[2])
-
-
-def _column_state(columns: stats.Moments, valid: jax.Array) -> ColumnMoments:
-  fields = jnp.stack([columns.offset, columns.m2, columns.shift])
-  return ColumnMoments(columns.count, fields, valid)
 
 
 def _tv(statistic: str, ddof: int) -> combinators.Statistic:
@@ -136,20 +118,14 @@ def _fold_columns(state: ColumnMoments, chunk: stats.Moments,
   and an in-place update, not a gather and a scatter (slow on TPU).
   """
   tc = chunk.offset.shape[0]
-  if tc == state.count.shape[0]:
-    # One chunk of every column: it starts at 0, no slicing.
-    chunk = chunk._replace(
-        count=jnp.broadcast_to(chunk.count, state.count.shape))
-    return _column_state(stats.merge_moments(state.columns, chunk),
-                         state.valid)
   old = jax.tree.map(
       lambda v: jax.lax.dynamic_slice_in_dim(v, start, tc), state.columns)
   chunk = chunk._replace(count=jnp.broadcast_to(chunk.count, old.count.shape))
-  new = _column_state(stats.merge_moments(old, chunk), state.valid)
-  return ColumnMoments(
-      jax.lax.dynamic_update_slice_in_dim(state.count, new.count, start, 0),
-      jax.lax.dynamic_update_slice_in_dim(state.fields, new.fields, start, 1),
-      state.valid)
+  new = stats.merge_moments(old, chunk)
+  cols = jax.tree.map(
+      lambda v, n: jax.lax.dynamic_update_slice_in_dim(v, n, start, 0),
+      state.columns, new)
+  return ColumnMoments(cols, state.valid)
 
 
 def column_moments() -> combinators.Statistic:
@@ -170,7 +146,7 @@ def column_moments() -> combinators.Statistic:
     # The count keeps singleton unit axes so it broadcasts against the means.
     cols = stats.zeros_moments((tp,) + spec.shape, count_shape=(tp,) + ones)
     valid = jnp.arange(tp) < spec.num_transformations
-    return _column_state(cols, valid)
+    return ColumnMoments(cols, valid)
 
   def update(state: ColumnMoments, block: base.Block) -> ColumnMoments:
     x = block.x.astype(jnp.float32)
@@ -178,7 +154,7 @@ def column_moments() -> combinators.Statistic:
     return _fold_columns(state, chunk, block.t_index[0])
 
   def merge(a: ColumnMoments, b: ColumnMoments) -> ColumnMoments:
-    return _column_state(stats.merge_moments(a.columns, b.columns), a.valid)
+    return ColumnMoments(stats.merge_moments(a.columns, b.columns), a.valid)
 
   return combinators.Statistic(init, update, merge, lambda state, spec: state)
 
@@ -194,84 +170,6 @@ def _sv(statistic: str, ddof: int) -> combinators.Statistic:
     return jnp.sum(per_column * w, axis=0) / jnp.sum(state.valid)
 
   return column_moments()._replace(finalize=finalize)
-
-
-def _merge_tile_sums(state: combinators.RatioState, block: base.Block,
-                     n: jax.Array, tv_sum: jax.Array, shift: jax.Array,
-                     s1: jax.Array, s2: jax.Array) -> combinators.RatioState:
-  """NV's state after one whole-orbit tile, from the tile's sums.
-
-  n = Σ_b w_b; tv_sum = Σ_b w_b s(A_b·) (TV's row statistics summed over
-  samples, shaped like one activation); shift, s1 = Σ_b w_b d and
-  s2 = Σ_b w_b d² with d = A_bj − shift_j (SV's column sums, (Tc, *shape)).
-  The orbits are whole, so TV's per-sample moments need no merging across
-  chunks (``orbit`` is left as it is).
-  """
-  tv, sv = state
-  chunk = stats.moments_from_sums(n, shift, s1, s2)
-  sv = _fold_columns(sv, chunk, block.t_index[0])
-  samples = stats.merge_mean(
-      tv.samples, stats.RunningMean(n, tv_sum / jnp.maximum(n, 1)))
-  return combinators.RatioState(TVState(tv.orbit, samples), sv)
-
-
-def _whole_orbits(state: combinators.RatioState, x: jax.Array) -> bool:
-  """Whether a tile holds every transformation (one chunk per batch)."""
-  return x.shape[1] == state.denominator.count.shape[0]
-
-
-def _one_read_nv_update(statistic: str, ddof: int, xla_update):
-  """NV's update from TV's and SV's sums of the tile, shifts computed once.
-
-  With whole orbits in the tile (the default: no `transform_chunk`), TV
-  needs Σ_b w_b s(A_b·) and SV the column sums Σ_b w_b d, Σ_b w_b d² of
-  d = A_bj − c_j (c: `stats.block_shift` over the samples), merged into the
-  state as in ``xla_update`` (which runs for chunked orbits), with the same
-  shifts and sums: its values to float32 round-off.
-
-  On CPU the sums come from one loop over the samples that reads each
-  orbit A_b· (Tc, *shape) once for both (TV's row moments summed slice by
-  slice, `stats.block_moments`): a loop per layer instead of one per sum,
-  and no per-sample moments written to the state. XLA:CPU's compile time
-  grows with the number of kernels it emits (LLVM dominates), and this
-  update emits about half as many. Elsewhere, reductions over the samples,
-  which XLA fuses into a kernel each.
-  """
-
-  def update(state: combinators.RatioState,
-             block: base.Block) -> combinators.RatioState:
-    x = block.x.astype(jnp.float32)
-    if not _whole_orbits(state, x):
-      return xla_update(state, block)
-    # Boolean weights: the masks select (`stats.weighted_sum`).
-    w_b, w_t = block.mask.astype(bool), block.t_mask.astype(bool)
-    shift = stats.block_shift(x, w_b, axis=0)                 # (Tc, *shape)
-
-    def orbit_statistic(a, axis):
-      m = stats.block_moments(a, w_t, axis)
-      return _row_statistic(m, statistic, ddof)
-
-    def loop(x, w_b):
-      def terms(orbit):                   # one sample's orbit: (Tc, *shape)
-        d = orbit - shift
-        # Σd and Σd² stacked, as `stats.loop_sum` stacks the column sums
-        # of `stats.block_moments` (ANOVA's): one kernel, the same for both.
-        return orbit_statistic(orbit, 0), jnp.stack([d, d * d])
-      tv_sum, powers = stats.loop_sum(x, w_b, 0, terms)
-      return tv_sum, powers[0], powers[1]
-
-    def reduce(x, w_b):
-      keep = lambda v: w_b.reshape(w_b.shape + (1,) * (v.ndim - 1))
-      total = lambda v: jnp.sum(jnp.where(keep(v), v, 0), axis=0)
-      d = x - shift
-      return total(orbit_statistic(x, 1)), total(d), total(d * d)
-
-    tv_sum, s1, s2 = jax.lax.platform_dependent(x, w_b, cpu=loop,
-                                                default=reduce)
-    n = jnp.sum(w_b.astype(jnp.float32))
-    return _merge_tile_sums(state, block, n, tv_sum, shift, s1, s2)
-
-  return update
 
 
 def _fused_nv_update(statistic: str, ddof: int, xla_update):
@@ -290,9 +188,10 @@ def _fused_nv_update(statistic: str, ddof: int, xla_update):
 
   def update(state: combinators.RatioState,
              block: base.Block) -> combinators.RatioState:
+    tv, sv = state
     x = block.x.astype(jnp.float32)
     b, tc = x.shape[:2]
-    if not _whole_orbits(state, x) or x.size >= 2**31:
+    if tc != sv.columns.offset.shape[0] or x.size >= 2**31:
       return xla_update(state, block)
     flat = x.reshape((b, tc, -1))
     w_b = block.mask.astype(jnp.float32)
@@ -301,10 +200,13 @@ def _fused_nv_update(statistic: str, ddof: int, xla_update):
     tv_sum, s1, s2 = jax.lax.platform_dependent(
         flat, w_b, w_t, shift, cuda=lambda *a: sums(*a, False),
         default=lambda *a: sums(*a, True))
+    n = jnp.sum(w_b)
     unit = lambda v: v.reshape((tc,) + x.shape[2:])
-    return _merge_tile_sums(state, block, jnp.sum(w_b),
-                            tv_sum.reshape(x.shape[2:]), unit(shift),
-                            unit(s1), unit(s2))
+    chunk = stats.moments_from_sums(n, unit(shift), unit(s1), unit(s2))
+    sv = _fold_columns(sv, chunk, block.t_index[0])
+    mean = (tv_sum / jnp.maximum(n, 1)).reshape(x.shape[2:])
+    samples = stats.merge_mean(tv.samples, stats.RunningMean(n, mean))
+    return combinators.RatioState(TVState(tv.orbit, samples), sv)
 
   return update
 
@@ -335,9 +237,9 @@ def _measure(name, kind, statistic, ddof, needs_inverse, zero_tolerance=0.0,
       name, tv, sv,
       divide=lambda num, den: stats.safe_divide(num, den, zero_tolerance),
       **common)
-  fused = _fused_nv_update if implementation == "pallas" else (
-      _one_read_nv_update)
-  measure = measure._replace(update=fused(statistic, ddof, measure.update))
+  if implementation == "pallas":
+    measure = measure._replace(
+        update=_fused_nv_update(statistic, ddof, measure.update))
   return measure
 
 
