@@ -33,11 +33,12 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+
+import _report  # benchmarks/, the script's own folder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -130,27 +131,6 @@ def _run_worker(args, model: str, cache: str) -> dict:
   return {"wall": wall, "rows": {r["program"]: r for r in rows}}
 
 
-def _commit() -> str:
-  out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                       capture_output=True, text=True, check=False)
-  dirty = subprocess.run(["git", "status", "--porcelain", "--", "invjax"],
-                         cwd=REPO, capture_output=True, text=True,
-                         check=False).stdout.strip()
-  return out.stdout.strip() + (" (invjax/ modified)" if dirty else "")
-
-
-def _machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return f"{cpu}, {os.cpu_count()} cores"
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--n", type=int, default=256)
@@ -219,8 +199,8 @@ def main():
         "# Compile time and the persistent compilation cache (CPU)", "",
         f"* command: `{command}`",
         f"* date: {now:%Y-%m-%d %H:%M} UTC",
-        f"* commit: `{_commit()}`",
-        f"* machine: {_machine()}",
+        f"* commit: `{_report.commit()}`",
+        f"* machine: {_report.machine()}",
         f"* settings: {header}",
         f"* wall time per worker process: {'; '.join(walls)}", "",
         table, ""])

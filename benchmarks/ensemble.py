@@ -25,10 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -42,28 +39,8 @@ from invjax import models
 from invjax import train as T
 from invjax import transforms as tr
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+import _report  # benchmarks/, the script's own folder
 
-
-def _commit() -> str:
-  out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                       capture_output=True, text=True, check=False)
-  dirty = subprocess.run(["git", "status", "--porcelain", "--", "invjax"],
-                         cwd=REPO, capture_output=True, text=True,
-                         check=False).stdout.strip()
-  return out.stdout.strip() + (" (invjax/ modified)" if dirty else "")
-
-
-def _machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return f"{cpu}, {os.cpu_count()} cores"
 
 
 def _timed(fn):
@@ -176,8 +153,8 @@ def main():
         "* command: `python benchmarks/ensemble.py "
         + " ".join(sys.argv[1:]) + "`",
         f"* date: {now:%Y-%m-%d %H:%M} UTC",
-        f"* commit: `{_commit()}`",
-        f"* machine: {_machine()}",
+        f"* commit: `{_report.commit()}`",
+        f"* machine: {_report.machine()}",
         f"* settings: {settings}", ""]
     pathlib.Path(args.output).write_text("\n".join(head + table) + "\n")
 
