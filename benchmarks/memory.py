@@ -57,11 +57,12 @@ import gc
 import json
 import os
 import pathlib
-import platform
 import resource
 import subprocess
 import sys
 import time
+
+import _report  # benchmarks/, the script's own folder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHAPE = (28, 28, 1)
@@ -247,27 +248,16 @@ def _commit() -> str:
     # to measure a commit while the working tree is being edited.
     return (f"working tree at {out.stdout.strip()}; invjax imported from "
             f"{where}, not from the working tree")
-  dirty = subprocess.run(["git", "status", "--porcelain", "--", "invjax"],
-                         cwd=REPO, capture_output=True, text=True,
-                         check=False).stdout.strip()
-  return out.stdout.strip() + (" (invjax/ modified)" if dirty else "")
+  return _report.commit()
 
 
 def _machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
+  """`_report.machine()` and the RAM."""
   try:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    cpu += f", {mem:.0f} GiB RAM"
   except (ValueError, OSError):
-    pass
-  return f"{cpu}, {os.cpu_count()} cores"
+    return _report.machine()
+  return f"{_report.machine()}, {mem:.0f} GiB RAM"
 
 
 def _fmt(x, spec=".1f"):
