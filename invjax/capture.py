@@ -7,9 +7,9 @@ naming and ordering rules.
 """
 
 from invjax._src.capture import Activations
-from invjax._src.capture import as_activations
-from invjax._src.capture import from_callable
-from invjax._src.capture import function
+from invjax._src.capture_callable import as_activations
+from invjax._src.capture_callable import from_callable
+from invjax._src.capture_callable import function
 from invjax._src.capture import select_layers
 from invjax._src.capture_linen import linen
 from invjax._src.capture_nnx import nnx

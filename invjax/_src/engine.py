@@ -37,6 +37,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from invjax._src import base
 from invjax._src import capture
+from invjax._src import capture_callable
 from invjax._src import hosts
 from invjax._src import result as result_lib
 from invjax._src import resume
@@ -451,7 +452,7 @@ def _prepare(activations, images, transformations, measures, *, batch_size,
     memory analysis (`step.lower(*args).compile()`), and everything
     `measure` needs to run: the programs, the data source, the plan.
   """
-  acts = capture.as_activations(activations)
+  acts = capture_callable.as_activations(activations)
   num_t = transforms.check_set(transformations)
   measures, single = _as_measures(measures)
   if (not isinstance(batch_size, (int, np.integer)) or
@@ -965,7 +966,7 @@ def measure_block(activations: Any, images: jax.Array, transformations: Any,
   Returns:
     {layer: finalize outputs}, e.g. ``out[layer]["values"]``.
   """
-  acts = capture.as_activations(activations)
+  acts = capture_callable.as_activations(activations)
   params = acts.params if params is None else params
   b, h, w = images.shape[:3]
   x = transformations.orbit(images)                              # (B,T,H,W,C)

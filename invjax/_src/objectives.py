@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from invjax._src import capture
+from invjax._src import capture_callable
 from invjax._src import engine
 from invjax._src import stats
 from invjax._src.measures import orbit as orbit_lib
@@ -165,7 +165,7 @@ def nv_penalty(activations: Any, params: Any, images: Array,
     ValueError: ``layer`` is not among the activations, or ``params`` for
       Linen activations is neither their variables nor their ``'params'``.
   """
-  activations = capture.as_activations(activations)
+  activations = capture_callable.as_activations(activations)
   params = _linen_variables(activations.params, params)
   out = engine.measure_block(
       activations, images, transformations,
