@@ -39,7 +39,7 @@ import jax  # pylint: disable=g-import-not-at-top
 from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
 from invjax import measures as ms  # pylint: disable=g-import-not-at-top
-from invjax._src import engine  # pylint: disable=g-import-not-at-top
+from invjax._src import plan  # pylint: disable=g-import-not-at-top
 from nv_vs_forward import setup  # pylint: disable=g-import-not-at-top
 
 # One H200 as XLA's GPU compiler sees it (stream_executor GpuDeviceInfoProto).
@@ -187,7 +187,7 @@ def main():
       ("same-equivariance", ms.normalized_variance_same_equivariance()),
       ("same-equivariance, pallas",
        ms.normalized_variance_same_equivariance(implementation="pallas"))]:
-    fn, fn_args, _ = engine._prepare(  # pylint: disable=protected-access
+    fn, fn_args, _ = plan.prepare(  # pylint: disable=protected-access
         s.acts, s.images, s.ts, measures, batch_size=b, labels=None,
         stratify=False, layers=None, transform_chunk=None, mesh=None)
     lowered[name] = fn.lower(*jax.tree.map(abstract, fn_args))

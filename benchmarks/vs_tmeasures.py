@@ -50,7 +50,7 @@ import invjax.data
 from invjax import measures as ms
 from invjax import models
 from invjax import transforms as tr
-from invjax._src import engine
+from invjax._src import plan
 from invjax._src import stats
 from invjax import train as train_lib
 
@@ -213,7 +213,7 @@ def _time_invjax(acts, images, ts, batch_size, repeats):
   no compilation and no separate full-size warm-up run is needed.
   """
   nv = ms.normalized_variance(**STD)
-  fn, fn_args, _ = engine._prepare(  # pylint: disable=protected-access
+  fn, fn_args, _ = plan.prepare(  # pylint: disable=protected-access
       acts, images, ts, nv, batch_size=batch_size, labels=None,
       stratify=False, layers=None, transform_chunk=None, mesh=None)
   t0 = time.perf_counter()

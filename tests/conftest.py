@@ -26,7 +26,7 @@ def _free_compiled_programs():
   rarely share them, so each module frees its own.
   """
   yield
-  from invjax._src import engine  # pylint: disable=g-import-not-at-top
-  engine._CACHE.clear()  # pylint: disable=protected-access
+  from invjax._src import plan  # pylint: disable=g-import-not-at-top
+  plan.PROGRAMS.clear()  # pylint: disable=protected-access
   jax.clear_caches()
   gc.collect()

@@ -15,7 +15,7 @@ import pytest
 import invjax
 from invjax import measures as ms
 from invjax import transforms as tr
-from invjax._src import engine
+from invjax._src import plan
 
 
 def _model(x):
@@ -95,7 +95,7 @@ def test_memory_is_bounded_by_one_batch():
   n, t, b = 20_000, 4, 50
   images = np.zeros((n, 12, 12, 1), np.float32)
   wide = lambda x: {"wide": jnp.tile(x, (1, 1, 1, 16))}   # 2304 floats/sample
-  fn, args, _ = engine._prepare(
+  fn, args, _ = plan.prepare(
       wide, images, tr.rot90(), [ms.normalized_variance()], batch_size=b,
       labels=None, stratify=False, layers=None, transform_chunk=None,
       mesh=None)
@@ -115,7 +115,7 @@ def test_transform_chunk_bounds_memory():
   ts = tr.rotation(np.linspace(-90, 90, 32))
   sizes = []
   for chunk in (None, 4):
-    fn, args, _ = engine._prepare(
+    fn, args, _ = plan.prepare(
         wide, images, ts, [ms.transformation_variance()], batch_size=16,
         labels=None, stratify=False, layers=None, transform_chunk=chunk,
         mesh=None)
@@ -272,10 +272,10 @@ def test_block_moments_long_axis(stats_branch):
 @pytest.mark.parametrize("measure", [
     ms.normalized_variance(), ms.normalized_variance_same_equivariance()])
 def test_cuda_layout_pin_keeps_values(images, monkeypatch, measure):
-  # The CUDA branch of engine._row_major (a layout constraint) compiled on
+  # The CUDA branch of `program.row_major` (a layout constraint) compiled on
   # CPU: the same numbers, in one program with the stats' accelerator branch.
   expected = invjax.measure(_model, images, tr.rot90(), measure, batch_size=4)
-  monkeypatch.setattr(engine, "_CACHE", {})
+  monkeypatch.setattr(plan, "PROGRAMS", {})
   monkeypatch.setattr(
       jax.lax, "platform_dependent",
       lambda *args, default, **branches: branches.get("cuda", default)(*args))
@@ -341,7 +341,7 @@ def test_program_cache_keys_on_input_and_layer_shapes():
   for shape in [(64, 20, 20, 1), (64, 32, 32, 3), (10, 32, 32, 3)]:
     x = rng.uniform(size=shape).astype(np.float32)
     again = invjax.measure(fn, x, tr.rot90(), nv)
-    engine._CACHE.clear()
+    plan.PROGRAMS.clear()
     fresh = invjax.measure(fn, x, tr.rot90(), nv)
     for layer in fresh.layers:
       assert again.per_activation[layer].shape == shape[1:] if layer == "map" \

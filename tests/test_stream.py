@@ -14,7 +14,7 @@ import pytest
 import invjax
 from invjax import measures as ms
 from invjax import transforms as tr
-from invjax._src import engine
+from invjax._src import plan
 from invjax._src import sources
 
 # N = 8 batches of B: an array, a list (K balanced over 8 batches) and a
@@ -256,7 +256,7 @@ def test_step_holds_one_chunk_not_the_dataset():
   sizes = []
   for n in (2_000, 20_000):
     images = np.zeros((n, 12, 12, 1), np.float32)
-    fn, args, ctx = engine._prepare(
+    fn, args, ctx = plan.prepare(
         wide, images, tr.rot90(), [ms.normalized_variance()], batch_size=50,
         labels=None, stratify=False, layers=None, transform_chunk=None,
         mesh=None)

@@ -1,0 +1,343 @@
+"""The compiled programs of one `invjax.measure` plan.
+
+A `Plan` holds everything static about a run (activations, transformations,
+measures, layer specs, batch and transformation-chunk sizes, mesh);
+`build_program` turns it into pure functions (init, one step per pass, end of
+pass, finalize) and `Programs` jits them, donating the carried states.
+`invjax._src.engine` streams the data through them.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.layout import Layout, with_layout_constraint
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from invjax._src import base
+from invjax._src import transforms
+
+
+def row_major(x: jax.Array) -> jax.Array:
+  """Pins a (B, Tc, ...) tile of activations to row-major order on CUDA.
+
+  Left free, XLA:GPU lays a tapped activation out with the sample axis minor
+  so that SV's reduction over samples becomes a row reduction, and pays a
+  transposed copy of every tap for it (`benchmarks/hlo_traffic.py` counts
+  the bytes, H200 target). In row-major order that reduction, a column
+  reduction, reads the tile where it lies. Other backends are left to XLA:
+  the effect was measured for CUDA only.
+  """
+  pin = lambda x: with_layout_constraint(x, Layout(tuple(range(x.ndim))))
+  return jax.lax.platform_dependent(x, cuda=pin, default=lambda x: x)
+
+
+class Plan:
+  """Everything static about one set of compiled measure programs."""
+
+  def __init__(self, acts, ts, measures, layers, specs, spatial, b, tc, nc,
+               input_hw, num_classes, mesh, need_untransformed, has_labels):
+    self.acts, self.ts, self.measures = acts, ts, measures
+    self.layers, self.specs, self.spatial = layers, specs, spatial
+    self.b, self.tc, self.nc = b, tc, nc
+    self.input_hw, self.num_classes = input_hw, num_classes
+    self.mesh = mesh
+    self.need_untransformed = need_untransformed
+    self.has_labels = has_labels
+    self.members = acts.members         # None, or K ensemble members
+    self.num_passes = max(m.requires.passes for m in measures)
+
+  def layers_for(self, m: base.Measure) -> list[str]:
+    return [l for l in self.layers
+            if self.spatial[l] or not m.requires.inverse]
+
+
+def build_program(plan: Plan):
+  """The pure functions of a measure run, to be jitted by `Programs`.
+
+  Returns a namespace of ``init() -> (states, counts)``; ``step(g)``, the
+  function of one chunk in global pass g, ``(params, states, counts, images
+  (K, B, H, W, C), mask (K, B), labels (K, B) | None, tparams, tmask)
+  -> (states, counts, samples)`` (samples: a small output to wait on);
+  ``end_pass(g)``, ``states -> states``; ``has_end_pass(g)``; and
+  ``finalize(states) -> [{layer: outputs}]``.
+  """
+  acts, action, measures = plan.acts, plan.ts.action, plan.measures
+  b, tc, nc, k = plan.b, plan.tc, plan.nc, plan.num_classes
+  layers = plan.layers
+  any_inverse = any(m.requires.inverse for m in measures)
+  max_passes = plan.num_passes
+
+  def constrain(x):
+    if plan.mesh is None:
+      return x
+    spec = P("data", *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(plan.mesh, spec))
+
+  def pin(tile):
+    # A sharded tile's layout is the partitioner's; an ensemble's (vmapped)
+    # is XLA's too: the layout pin has no batching rule.
+    if plan.mesh is not None or plan.members:
+      return tile
+    return row_major(tile)
+
+  def forward(params, imgs):
+    out = acts.apply(params, imgs)
+    missing = [l for l in layers if l not in out]
+    if missing:
+      raise ValueError(f"the activations function did not return {missing}")
+    return {l: out[l] for l in layers}
+
+  def init_state(m):
+    states = {}
+    for l in plan.layers_for(m):
+      s = m.init(plan.specs[l])
+      if k:
+        s = jax.tree.map(lambda v: jnp.broadcast_to(v, (k,) + v.shape), s)
+      states[l] = s
+    return states
+
+  def update(m, state, block):
+    if not k:
+      return m.update(state, block)
+    class_masks = (block.labels[None, :] == jnp.arange(k)[:, None]) & (
+        block.mask[None, :])
+    return jax.vmap(lambda s, cm: m.update(s, block._replace(mask=cm)))(
+        state, class_masks)
+
+  def local_pass(m, g):
+    """Measure m's own pass at global pass g, or None when m is idle.
+
+    Multi-pass measures start early so that every measure's last pass is the
+    last global pass: single-pass measures then share the final sweep.
+    """
+    p = g - (max_passes - m.requires.passes)
+    return p if p >= 0 else None
+
+  def needs_transformed(g):
+    return any(local_pass(m, g) is not None and
+               local_pass(m, g) not in m.requires.untransformed_passes
+               for m in measures)
+
+  def finite_masks(mask, tiles, untransformed):
+    """Per layer: mask & the samples whose activations there are finite.
+
+    A sample with a NaN or inf activation in a layer (in any transformation
+    of the tile, or untransformed) is left out of that layer's statistics;
+    measures select rows by the mask, so its values reach no sum.
+    """
+    masks = {}
+    for l in layers:
+      ok = mask
+      for src in (tiles, untransformed):
+        if src is not None:
+          a = src[l]
+          # A sum is non-finite iff a term is (or it overflows float32,
+          # where the statistics would too), and reduces faster than all().
+          ok = ok & jnp.isfinite(jnp.sum(a, axis=tuple(range(1, a.ndim))))
+      masks[l] = ok
+    return masks
+
+  def count_excluded(counts, mask, masks, labels):
+    """Adds the samples left out for non-finite activations, per class."""
+    new = {}
+    for l in layers:
+      excluded = mask & ~masks[l]
+      if k:
+        excluded = excluded[:, None] & (labels[:, None] == jnp.arange(k))
+      new[l] = counts[l] + jnp.sum(excluded, axis=0, dtype=jnp.int32)
+    return new
+
+  def update_all(states, g, src_of, untransformed, masks, labels, t_index,
+                 t_mask, first, last):
+    new_states = []
+    for m, st in zip(measures, states):
+      p = local_pass(m, g)
+      if p is None:
+        new_states.append(st)
+        continue
+      src = src_of(m, p)
+      st = dict(st)
+      for l in st:
+        block = base.Block(
+            x=None if src is None else src[l], mask=masks[l], t_index=t_index,
+            t_mask=t_mask, first=first, last=last, labels=labels,
+            untransformed=None if untransformed is None else untransformed[l],
+            pass_index=p,
+            whole_orbit=nc == 1)
+        st[l] = update(m, st[l], block)
+      new_states.append(st)
+    return new_states
+
+  def batch_step(params, carry, inputs, tparams, tmask, g):
+    states, counts = carry
+    imgs, mask, labels = inputs
+    labels = labels if plan.has_labels else None
+    imgs = constrain(imgs)
+    untransformed = forward(params, imgs) if plan.need_untransformed else None
+    # Exclusions are counted once, in the last sweep, which every measure
+    # shares; a sample left out of any chunk of its orbit counts once.
+    last_sweep = g == max_passes - 1
+
+    if not needs_transformed(g):
+      # Every active measure reads only the untransformed activations: one
+      # forward pass of B images instead of B × T.
+      masks = finite_masks(mask, None, untransformed)
+      states = update_all(states, g, lambda m, p: None, untransformed, masks,
+                          labels, jnp.arange(tc), tmask[0], jnp.array(True),
+                          jnp.array(True))
+      if last_sweep:
+        counts = count_excluded(counts, mask, masks, labels)
+    else:
+      def chunk_step(carry, chunk):
+        states, kept = carry
+        tp, tm, ci = chunk
+        chunk_set = transforms.TransformationSet(tp, action)
+        x = constrain(chunk_set.orbit(imgs))                   # (B,Tc,H,W,C)
+        out = forward(params, x.reshape((b * tc,) + x.shape[2:]))
+        out = {l: pin(a.reshape((b, tc) + a.shape[1:]))
+               for l, a in out.items()}
+        inverted = {}
+        if any_inverse:
+          for l in layers:
+            if plan.spatial[l]:
+              inverted[l] = pin(chunk_set.unorbit(out[l], plan.input_hw))
+        src_of = lambda m, p: (
+            None if p in m.requires.untransformed_passes else
+            inverted if m.requires.inverse else out)
+        masks = finite_masks(mask, out, untransformed)
+        states = update_all(states, g, src_of, untransformed, masks, labels,
+                            ci * tc + jnp.arange(tc), tm, ci == 0,
+                            ci == nc - 1)
+        return (states, {l: kept[l] & masks[l] for l in layers}), None
+
+      chunks = (tparams, tmask, jnp.arange(nc))
+      carry = (states, {l: mask for l in layers})
+      if nc == 1:
+        carry, _ = chunk_step(carry, jax.tree.map(lambda a: a[0], chunks))
+      else:
+        carry, _ = jax.lax.scan(chunk_step, carry, chunks)
+      states, kept = carry
+      if last_sweep:
+        counts = count_excluded(counts, mask, kept, labels)
+    return states, counts
+
+  def end_pass(m, state, g):
+    p = local_pass(m, g)
+    if m.end_pass is None or p is None:
+      return state
+    if k:
+      return jax.vmap(lambda s: m.end_pass(s, p))(state)
+    return m.end_pass(state, p)
+
+  members = plan.members
+
+  def per_member(fn):
+    """fn over each member's states (and params): a vmap for an ensemble."""
+    return jax.vmap(fn) if members else fn
+
+  def init_program():
+    states = [init_state(m) for m in measures]
+    counts = {l: jnp.zeros((max(k, 1),), jnp.int32) for l in layers}
+    if members:
+      states, counts = jax.tree.map(
+          lambda v: jnp.broadcast_to(v, (members,) + v.shape),
+          (states, counts))
+    return states, counts
+
+  def step(g):
+    def step_program(params, states, counts, images, mask, labels, tparams,
+                     tmask):
+      lab = labels if labels is not None else jnp.zeros(mask.shape, jnp.int32)
+
+      # An ensemble's members share the transformed images (unbatched
+      # under the vmap, so computed once) and differ from the forward on.
+      one = lambda p, c, inputs: batch_step(p, c, inputs, tparams, tmask, g)
+      if members:
+        one = jax.vmap(one, in_axes=(0, 0, None))
+
+      def body(carry, inputs):
+        return one(params, carry, inputs), None
+
+      (states, counts), _ = jax.lax.scan(
+          body, (states, counts), (images, mask, lab))
+      # The states are donated to the next step, so the host cannot wait on
+      # them; this count is ready when the step is.
+      return states, counts, jnp.sum(mask, dtype=jnp.int32)
+    return step_program
+
+  def has_end_pass(g):
+    return any(m.end_pass is not None and local_pass(m, g) is not None
+               for m in measures)
+
+  def end_all(g):
+    @per_member
+    def end_pass_program(states):
+      return [{l: end_pass(m, s, g) for l, s in st.items()}
+              for m, st in zip(measures, states)]
+    return end_pass_program
+
+  @per_member
+  def finalize_program(states):
+    def finalize(m, s, spec):
+      if k:
+        return jax.vmap(lambda s: m.finalize(s, spec))(s)
+      return m.finalize(s, spec)
+    return [{l: dict(finalize(m, s, plan.specs[l])) for l, s in st.items()}
+            for m, st in zip(measures, states)]
+
+  return types.SimpleNamespace(init=init_program, step=step,
+                               end_pass=end_all, has_end_pass=has_end_pass,
+                               finalize=finalize_program)
+
+
+class Programs:
+  """The jitted programs of one plan: init, a step per pass, end, finalize.
+
+  Each step donates the states and counts it carries, so they are updated
+  in place and never exist twice on the device.
+  """
+
+  def __init__(self, plan: Plan):
+    self._fns = build_program(plan)
+    self._steps, self._ends = {}, {}
+    self._mesh = mesh = plan.mesh
+    if mesh is None:
+      self._jit = jax.jit
+      self.rep = self.chunk = self.mask = None
+    else:
+      rep = NamedSharding(mesh, P())
+      self.rep = rep
+      self.chunk = NamedSharding(mesh, P(None, "data", None, None, None))
+      self.mask = NamedSharding(mesh, P(None, "data"))
+      self._jit = functools.partial(jax.jit, out_shardings=rep)
+    self._has_labels = plan.has_labels
+    self.init = self._jit(self._fns.init)
+    self.finalize = (jax.jit(self._fns.finalize) if mesh is None else
+                     jax.jit(self._fns.finalize, in_shardings=(self.rep,),
+                             out_shardings=self.rep))
+
+  def step(self, g: int):
+    fn = self._steps.get(g)
+    if fn is None:
+      kwargs = {}
+      if self._mesh is not None:
+        rep = self.rep
+        kwargs["in_shardings"] = (
+            rep, rep, rep, self.chunk, self.mask,
+            self.mask if self._has_labels else None, rep, rep)
+      fn = self._steps[g] = self._jit(self._fns.step(g), donate_argnums=(1, 2),
+                                      **kwargs)
+    return fn
+
+  def end_pass(self, g: int):
+    """The end of global pass g, or None where no measure has one."""
+    if not self._fns.has_end_pass(g):
+      return None
+    fn = self._ends.get(g)
+    if fn is None:
+      fn = self._ends[g] = self._jit(self._fns.end_pass(g), donate_argnums=0)
+    return fn
