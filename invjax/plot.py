@@ -10,7 +10,8 @@
     table = invjax.sweep.load("runs/my_sweep")         # a sweep's tidy table
     fig = invjax.plot.sweep_spread(table, over="seed", facet="transform")
 
-See `invjax._src.plot` and `invjax._src.compare` for the details.
+See `invjax._src.plot`, `invjax._src.plot_sweep` and `invjax._src.compare` for
+the details.
 """
 
 from invjax._src.compare import compare_layers
@@ -21,8 +22,8 @@ from invjax._src.plot import nonfinite_counts
 from invjax._src.plot import relative_depth
 from invjax._src.plot import seed_spread
 from invjax._src.plot import shared_scale
-from invjax._src.plot import sweep_curves
-from invjax._src.plot import sweep_spread
+from invjax._src.plot_sweep import sweep_curves
+from invjax._src.plot_sweep import sweep_spread
 
 __all__ = (
     "compare_layers",
