@@ -189,8 +189,8 @@ def _plot_command(args: argparse.Namespace) -> int:
           test=args.test, alpha=args.alpha, yscale=yscale)
       if args.mark_significant:
         a, b = list(groups)
-        table = invjax.plot.compare_layers(groups[a], groups[b],
-                                           test=args.test, alpha=args.alpha)
+        table = invjax.significance.compare_layers(
+            groups[a], groups[b], test=args.test, alpha=args.alpha)
         width = max(len(l) for l in table)
         print(f"{args.test}: {a} vs {b}")
         for layer, row in table.items():
