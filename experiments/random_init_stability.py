@@ -12,7 +12,7 @@ without and with rotation augmentation, and measures every layer's
 normalized variance under 16 rotations (as `mnist_rotation_augmentation`).
 Reports the per-layer mean ± standard deviation over seeds (the
 `invjax.plot.seed_spread` figure), Welch's t-test of plain vs augmented per
-layer (`invjax.plot.compare_layers`) and, per layer, the ratio of the
+layer (`invjax.significance.compare_layers`) and, per layer, the ratio of the
 augmented-vs-plain gap to the across-seed spread,
 
     ratio = |mean_aug − mean_plain| / sqrt((std_aug² + std_plain²) / 2).
@@ -178,6 +178,7 @@ def run_group_cells(configs: list[_runner.Config], outdirs) -> list[dict]:
 def summarize(config: _runner.Config, table, outdir) -> dict:
   """Compares the spreads over seeds from the cells' results."""
   from invjax import plot  # pylint: disable=g-import-not-at-top
+  from invjax import significance  # pylint: disable=g-import-not-at-top
   del table  # compare_layers and seed_spread take the results themselves
   cells = _runner.cell_ids(sys.modules[__name__], config)
   groups = {"plain": [], "augmented": []}
@@ -190,8 +191,8 @@ def summarize(config: _runner.Config, table, outdir) -> dict:
   seeds = [config.seed + i for i in range(config.num_seeds)]
 
   _runner.save_figure(outdir, "seed_spread", plot.seed_spread(groups))
-  tests = plot.compare_layers(groups["augmented"], groups["plain"],
-                              test="welch", alpha=config.alpha)
+  tests = significance.compare_layers(groups["augmented"], groups["plain"],
+                                      test="welch", alpha=config.alpha)
   layers = groups["plain"][0].layers
   per_layer = {}
   rows = []

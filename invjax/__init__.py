@@ -12,6 +12,7 @@ from invjax import flows
 from invjax import measures
 from invjax import objectives
 from invjax import plot
+from invjax import significance
 from invjax import similarity
 from invjax import sweep
 from invjax import train
@@ -35,6 +36,7 @@ __all__ = (
     "measures",
     "objectives",
     "plot",
+    "significance",
     "similarity",
     "sweep",
     "train",

@@ -1,4 +1,4 @@
-"""Tests of invjax.plot: figures, compare_layers and the `invjax plot` CLI."""
+"""Tests of invjax.plot and invjax.significance, and the `invjax plot` CLI."""
 
 import doctest
 import math
@@ -10,6 +10,7 @@ import pytest
 import invjax
 from invjax import cli
 from invjax import plot
+from invjax import significance
 from invjax._src.result import MeasureResult
 
 
@@ -214,7 +215,7 @@ def _welch(xa, xb):
 def test_compare_layers_welch_against_hand_computation():
   a = _seeded({"clear": [1.0, 1.1, 0.9, 1.05], "same": [1.0, 2.0, 3.0, 4.0]})
   b = _seeded({"clear": [2.0, 2.2, 1.9, 2.1], "same": [1.5, 2.5, 3.5, 2.0]})
-  out = plot.compare_layers(a, b, test="welch")
+  out = significance.compare_layers(a, b, test="welch")
   assert list(out) == ["clear", "same"]
   for layer, xa, xb in (("clear", [1.0, 1.1, 0.9, 1.05], [2.0, 2.2, 1.9, 2.1]),
                         ("same", [1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 3.5, 2.0])):
@@ -235,7 +236,7 @@ def test_compare_layers_tukey_and_edge_cases():
   from scipy import stats  # pylint: disable=g-import-not-at-top
   xa, xb = [1.0, 1.2, 0.8], [3.0, 3.3, 2.9]
   a, b = _seeded({"x": xa}), _seeded({"x": xb})
-  out = plot.compare_layers(a, b, test="tukey", alpha=0.01)["x"]
+  out = significance.compare_layers(a, b, test="tukey", alpha=0.01)["x"]
   # Two groups: Tukey's q = |d| / √(s²/n), s² pooled, studentized range
   # with k = 2 and 2n − 2 df.
   d = np.mean(xa) - np.mean(xb)
@@ -246,21 +247,39 @@ def test_compare_layers_tukey_and_edge_cases():
                                         rel=1e-4)
   assert out["significant"]
   # Constant groups, a single seed and a NaN seed.
-  const = plot.compare_layers(_seeded({"x": [1.0, 1.0]}),
-                              _seeded({"x": [2.0, 2.0]}))["x"]
+  const = significance.compare_layers(_seeded({"x": [1.0, 1.0]}),
+                                      _seeded({"x": [2.0, 2.0]}))["x"]
   assert math.isnan(const["pvalue"]) and not const["significant"]
-  one = plot.compare_layers(_seeded({"x": [1.0]}), b)["x"]
+  one = significance.compare_layers(_seeded({"x": [1.0]}), b)["x"]
   assert math.isnan(one["statistic"]) and not one["significant"]
-  nan = plot.compare_layers(_seeded({"x": [1.0, np.nan, 1.2, 0.8]}), b)["x"]
+  nan = significance.compare_layers(
+      _seeded({"x": [1.0, np.nan, 1.2, 0.8]}), b)["x"]
   assert nan["n_a"] == 3 and nan["mean_a"] == pytest.approx(1.0)
   with pytest.raises(ValueError, match="test"):
-    plot.compare_layers(a, b, test="mann-whitney")
+    significance.compare_layers(a, b, test="mann-whitney")
   with pytest.raises(ValueError, match="alpha"):
-    plot.compare_layers(a, b, alpha=1.5)
+    significance.compare_layers(a, b, alpha=1.5)
   with pytest.raises(ValueError, match="empty"):
-    plot.compare_layers([], b)
+    significance.compare_layers([], b)
   with pytest.raises(ValueError, match="share no layer"):
-    plot.compare_layers(a, _seeded({"y": [1.0, 2.0]}))
+    significance.compare_layers(a, _seeded({"y": [1.0, 2.0]}))
+
+
+def test_compare_layers_old_path_warns_and_works():
+  a = _seeded({"x": [1.0, 1.1, 0.9]})
+  b = _seeded({"x": [2.0, 2.2, 1.9]})
+  with pytest.warns(DeprecationWarning,
+                    match=r"invjax\.significance\.compare_layers"):
+    old = plot.compare_layers
+  assert old is significance.compare_layers
+  assert old(a, b) == significance.compare_layers(a, b)
+  with pytest.warns(DeprecationWarning, match="invjax.significance"):
+    # pylint: disable-next=g-import-not-at-top
+    from invjax.plot import compare_layers
+  assert compare_layers is significance.compare_layers
+  assert "compare_layers" not in plot.__all__
+  with pytest.raises(AttributeError, match="no_such_name"):
+    plot.no_such_name  # pylint: disable=pointless-statement
 
 
 def test_seed_spread_band_and_stars(tmp_path):
