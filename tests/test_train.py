@@ -16,7 +16,7 @@ from invjax import models
 from invjax import objectives
 from invjax import train as T
 from invjax import transforms as tr
-from invjax._src import train as train_lib
+from invjax._src import train_step
 from invjax._src import workdir as workdir_lib
 
 
@@ -110,12 +110,12 @@ def test_config_to_dict_is_json():
 
 def test_batch_order_is_epoch_permutations():
   cache = {}
-  idx = np.concatenate([train_lib._batch_indices(3, s, 16, 40, cache)
+  idx = np.concatenate([train_step.batch_indices(3, s, 16, 40, cache)
                         for s in range(5)])                 # 2 epochs
   for e in range(2):
     np.testing.assert_array_equal(np.sort(idx[40 * e:40 * (e + 1)]),
                                   np.arange(40))
-  again = train_lib._batch_indices(3, 3, 16, 40, {})
+  again = train_step.batch_indices(3, 3, 16, 40, {})
   np.testing.assert_array_equal(again, idx[48:64])
 
 
@@ -479,7 +479,7 @@ def test_batch_norm_model_updates_batch_stats(digits):
   model = _model(batch_norm=True)
   cfg = T.TrainConfig(steps=5, batch_size=16, augment=tr.rot90(),
                       log_every=5)
-  init = train_lib._init_variables(model, 0, jnp.asarray(x[:1]))
+  init = train_step.init_variables(model, 0, jnp.asarray(x[:1]))
   records = []
   state = T.fit(model, cfg, x, y, callback=records.append)
   assert set(state.variables) == {"params", "batch_stats"}
@@ -522,7 +522,7 @@ def test_optimizer_first_update_closed_form(optimizer):
 def test_evaluate_against_numpy(digits):
   x, y, xt, yt = digits
   model = _model()
-  variables = train_lib._init_variables(model, 3, jnp.asarray(x[:1]))
+  variables = train_step.init_variables(model, 3, jnp.asarray(x[:1]))
   # Labels that the random network gets right about half of the time.
   logits = np.asarray(model.apply(variables, jnp.asarray(xt)), np.float64)
   pred = logits.argmax(-1)

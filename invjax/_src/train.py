@@ -23,8 +23,6 @@ Reference:
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
 import time
@@ -40,8 +38,8 @@ import optax
 from invjax._src import capture as capture_lib
 from invjax._src import evaluate as evaluate_lib
 from invjax._src import files
-from invjax._src import objectives
 from invjax._src import train_config as config_lib
+from invjax._src import train_step as step_lib
 from invjax._src import transforms
 from invjax._src import workdir as workdir_lib
 
@@ -98,144 +96,6 @@ def _saved_seeds(workdir: str) -> list[int] | None:
 # --------------------------------------------------------------------------
 # The training loop.
 # --------------------------------------------------------------------------
-
-
-def _batch_indices(seed: int, step: int, batch_size: int, n: int,
-                   cache: dict) -> np.ndarray:
-  """Sample indices of update ``step``: a pure function of (seed, step).
-
-  The data stream is the concatenation of per-epoch permutations (NumPy's
-  PCG64 seeded with (seed, epoch), drawn on the host so no device program
-  is compiled per dataset size); update s takes stream positions
-  [s·B, (s + 1)·B). Every sample is seen once per epoch.
-  """
-  pos = step * batch_size + np.arange(batch_size)
-  epochs, offsets = pos // n, pos % n
-  out = np.empty(batch_size, np.int32)
-  for e in np.unique(epochs):
-    e = int(e)
-    if e not in cache:
-      if len(cache) > 2:
-        cache.clear()
-      rng = np.random.Generator(np.random.PCG64([seed, e]))
-      cache[e] = rng.permutation(n).astype(np.int32)
-    sel = epochs == e
-    out[sel] = cache[e][offsets[sel]]
-  return out
-
-
-def _init_body(model: nn.Module, seed: Array, sample: Array) -> dict:
-  init_key = jax.random.split(jax.random.PRNGKey(seed))[1]
-  return model.init(init_key, sample, train=False)
-
-
-# Jitted with the model static, so equal models share one compilation
-# (Flax's initializers are slow to compile on CPU).
-_init_variables = jax.jit(_init_body, static_argnums=0)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _init_ensemble(model: nn.Module, seeds: Array, sample: Array) -> dict:
-  """Each member's `_init_variables`, stacked: leaves (K, ...), seeds (K,)."""
-  return jax.vmap(lambda s: _init_body(model, s, sample))(seeds)
-
-
-@dataclasses.dataclass(frozen=True)
-class _StepSpec:
-  """The static (hashable) part of a train step: one compilation each."""
-  model: nn.Module
-  cfg: config_lib.TrainConfig  # With augment, regularizer, seed etc. cleared.
-  loss_fn: Callable[[Array, Array], Array]
-  has_reg: bool             # The weight is traced: λ = 0 still logs it.
-  reg_kind: str
-  reg_num_samples: int | None
-
-
-def _step_spec(model, cfg: config_lib.TrainConfig, loss_fn) -> _StepSpec:
-  reg = cfg.regularizer
-  static_cfg = dataclasses.replace(
-      cfg, augment=None, regularizer=None, seed=0, log_every=1,
-      eval_every=None, checkpoint_every=None)
-  return _StepSpec(model, static_cfg, loss_fn,
-                   reg is not None,
-                   "logit_spread" if reg is None else reg.kind,
-                   None if reg is None else reg.num_samples)
-
-
-def _train_step_body(spec: _StepSpec, variables, opt_state, data_x, data_y,
-                     idx, seed, step_index, augment, reg_ts, reg_weight):
-  """One update: (variables, opt_state, metrics) after update ``step_index``.
-
-  ``augment`` and ``reg_ts`` are TransformationSets (or None), traced, as is
-  the regularizer's weight.
-  """
-  model, tx = spec.model, config_lib.make_optimizer(spec.cfg)
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), step_index)
-  k_aug, k_reg, k_drop, k_drop_reg = jax.random.split(key, 4)
-  x, y = data_x[idx], data_y[idx]
-  clean = x
-  if augment is not None:
-    j = jax.random.randint(k_aug, (x.shape[0],), 0,
-                           augment.parameters.shape[0])
-    x = jax.vmap(augment.action.forward)(augment.parameters[j], x)
-  state = {k: v for k, v in variables.items() if k != "params"}
-  mutable = list(state)
-
-  def apply(params, images, drop_key):
-    # Train mode: batch statistics of this batch, dropout on.
-    out = model.apply({**state, "params": params}, images, train=True,
-                      rngs={"dropout": drop_key}, mutable=mutable or False)
-    return out if mutable else (out, {})
-
-  def loss(params):
-    logits, new_state = apply(params, x, k_drop)
-    ce = spec.loss_fn(logits, y)
-    metrics = {"ce": ce,
-               "batch_accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
-    total = ce
-    if spec.has_reg:
-      # The orbit pass runs in train mode too; its batch-norm statistic
-      # updates are discarded (the running averages follow the CE batch).
-      err = objectives.invariance_error(
-          lambda p, imgs: apply(p, imgs, k_drop_reg)[0], params, clean,
-          reg_ts, kind=spec.reg_kind,
-          key=None if spec.reg_num_samples is None else k_reg,
-          num_samples=spec.reg_num_samples)
-      total = total + reg_weight * err
-      metrics["reg"] = err
-    else:
-      metrics["reg"] = jnp.zeros((), ce.dtype)
-    metrics["loss"] = total
-    return total, (new_state, metrics)
-
-  (_, (new_state, metrics)), grads = jax.value_and_grad(
-      loss, has_aux=True)(variables["params"])
-  updates, opt_state = tx.update(grads, opt_state, variables["params"])
-  params = optax.apply_updates(variables["params"], updates)
-  metrics["grad_norm"] = optax.tree.norm(grads)
-  metrics["lr"] = config_lib.learning_rate_schedule(spec.cfg)(step_index)
-  return {**variables, **new_state, "params": params}, opt_state, metrics
-
-
-_train_step = jax.jit(_train_step_body, static_argnums=0)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _ensemble_train_step(spec: _StepSpec, variables, opt_state, data_x,
-                         data_y, idx, seeds, step_index, augment, reg_ts,
-                         reg_weight):
-  """`_train_step` of K members in one program: a vmap over members.
-
-  ``variables``, ``opt_state``, ``idx`` (K, B) and ``seeds`` (K,) carry the
-  members' axis; the data, the step, the transformation sets and the
-  regularizer's weight are shared. Metrics come back with a leading K.
-  """
-  one = functools.partial(_train_step_body, spec)
-  return jax.vmap(one, in_axes=(0, 0, None, None, 0, 0, None, None, None,
-                                None))(
-      variables, opt_state, data_x, data_y, idx, seeds, step_index, augment,
-      reg_ts, reg_weight)
-
 
 
 def fit(model: nn.Module, cfg: config_lib.TrainConfig, train_images: Any,
@@ -345,12 +205,13 @@ def fit(model: nn.Module, cfg: config_lib.TrainConfig, train_images: Any,
   tx = config_lib.make_optimizer(cfg)
   if seeds is None:
     if variables is None:
-      variables = _init_variables(model, cfg.seed, jnp.asarray(images[:1]))
+      variables = step_lib.init_variables(model, cfg.seed,
+                                          jnp.asarray(images[:1]))
     opt_state = tx.init(variables["params"])
   else:
     if variables is None:
-      variables = _init_ensemble(model, jnp.asarray(seeds, jnp.int32),
-                                 jnp.asarray(images[:1]))
+      variables = step_lib.init_ensemble(
+          model, jnp.asarray(seeds, jnp.int32), jnp.asarray(images[:1]))
     else:
       capture_lib.ensemble_size(variables, "variables", len(seeds))
     opt_state = jax.vmap(tx.init)(variables["params"])
@@ -500,7 +361,7 @@ def _train_loop(model, cfg, loss_fn, images, labels, variables,
                 opt_state, start, end, n, window, manager,
                 metrics_path, callback, progress, eval_set,
                 seeds=None) -> TrainState:
-  spec = _step_spec(model, cfg, loss_fn)
+  spec = step_lib.step_spec(model, cfg, loss_fn)
   reg = cfg.regularizer
   reg_ts = None if reg is None else reg.transformations
   reg_weight = jnp.float32(0.0 if reg is None else reg.weight)
@@ -525,14 +386,14 @@ def _train_loop(model, cfg, loss_fn, images, labels, variables,
   for s in range(start, end):
     if ensemble:
       # Each member's own batch: its rows of (K, B).
-      idx = np.stack([_batch_indices(seed, s, cfg.batch_size, n, c)
+      idx = np.stack([step_lib.batch_indices(seed, s, cfg.batch_size, n, c)
                       for seed, c in zip(seeds, caches)])
-      variables, opt_state, metrics = _ensemble_train_step(
+      variables, opt_state, metrics = step_lib.ensemble_train_step(
           spec, variables, opt_state, data_x, data_y, idx, seeds_arr, s,
           cfg.augment, reg_ts, reg_weight)
     else:
-      idx = _batch_indices(cfg.seed, s, cfg.batch_size, n, cache)
-      variables, opt_state, metrics = _train_step(
+      idx = step_lib.batch_indices(cfg.seed, s, cfg.batch_size, n, cache)
+      variables, opt_state, metrics = step_lib.train_step(
           spec, variables, opt_state, data_x, data_y, idx, cfg.seed, s,
           cfg.augment, reg_ts, reg_weight)
     window.append(metrics)
