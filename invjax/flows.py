@@ -1,6 +1,6 @@
 """One-parameter image flows t ↦ warp_t(x) and their tangents at t = 0.
 
-The generators of `invjax.measures.lie_derivative` (Gruver et al. 2023).
+The generators of `invjax.lie.lie_derivative` (Gruver et al. 2023).
 See `invjax._src.flows` for the coordinate conventions, and
 `lie_deriv_factor` for the units and signs of Gruver et al.'s code.
 """
