@@ -83,6 +83,35 @@ Bilinear warps are only piecewise smooth in t: the finite difference of a
 warp at a finite step matches the tangent up to O(t)·(second differences of
 x). Tests therefore use smooth images (sums of Gaussians).
 
+Why flows are not TransformationSets
+------------------------------------
+`invjax.transforms` also has ``rotation`` and ``scale``, but a
+`TransformationSet` is a finite set of group elements applied by warps,
+which is all an orbit measure needs. The Lie derivative needs the derivative
+at the identity, and there dm-pix's bilinear warps have a kink (every sample
+sits on a pixel): their derivative at t = 0 is exactly 0. A flow therefore
+carries its generator and the analytic tangent. Directions and names agree:
+``transforms.rotation([θ])`` (degrees, counter-clockwise) is
+``rotation().warp(x, θ·π/180)``, the isotropic ``transforms.scale([s])`` is
+``scale().warp(x, log s)``, and ``transforms.translation([(dy, dx)])`` is
+``translation_y`` by dy after ``translation_x`` by dx, up to the border.
+Two defaults differ on purpose (changing them would change every recorded
+LEE):
+
+* Units: per radian, the Lie-algebra unit (M(t) = expm(t·G)), where the
+  transformation sets take degrees. A derivative per degree is π/180 times
+  the per-radian one (a mean-square LEE (π/180)² times, a mean-abs LEE
+  π/180 times); lie-deriv's units are `lie_deriv_factor`.
+* Borders: ``"mirror"``, as Gruver et al.'s reference sampler, where the
+  transformation sets pad with ``"constant"`` zeros (tmeasures'). Under a
+  zero border the central difference at the edge sees the step from the
+  image to the fill, so the tangent there is a spurious step (a moving frame
+  edge, not moving content). ``flow(name, mode="constant")`` gives the
+  transformation sets' border.
+
+`flow` refuses the other families' names (``translation``, ``rot90``, …),
+saying why.
+
 lie-deriv's tangent and units
 -----------------------------
 Gruver et al.'s code, the source of the LEE paper's numbers, does *not* use
@@ -341,10 +370,32 @@ _COLOUR = {
     "saturation": saturation,
 }
 FLOW_NAMES = tuple(_GEOMETRIC) + tuple(_COLOUR)
+# `invjax.transforms` families that are not one flow, and why. ("rotation"
+# and "scale" are flow names: the flows that generate those families.)
+_NOT_ONE_FLOW = {
+    "translation": "has two parameters (dy, dx): pass the generators "
+                   "('translation_y', 'translation_x')",
+    "affine": "has several parameters: pass its one-parameter parts "
+              "('rotation', 'scale', 'translation_y', 'translation_x') or "
+              "affine_flow(generator)",
+    "rot90": "is a discrete group: it has no one-parameter flow, no tangent",
+    "flips": "is a discrete group: it has no one-parameter flow, no tangent",
+    "identity": "is the identity alone: its generator is 0",
+    "product": "composes two sets: pass the flows of both as a sequence",
+    "rotation_uniform": "is a set of rotations: its flow is 'rotation'",
+    "uniform_rotation": "is a set of rotations: its flow is 'rotation'",
+    "scale_uniform": "is a set of scalings: its flow is 'scale'",
+    "translation_uniform": "is a set of translations: pass the generators "
+                           "('translation_y', 'translation_x')",
+}
 
 
 def flow(name: str, **kwargs) -> Flow:
   """Looks up a flow by name, e.g. ``flow("rotation", mode="nearest")``.
+
+  ``"rotation"`` and ``"scale"`` are also `invjax.transforms` families: this
+  is their generator, per radian and with mirror borders by default (see the
+  module docstring); other family names are refused with the reason.
 
   Args:
     name: one of `FLOW_NAMES`.
@@ -366,6 +417,9 @@ def flow(name: str, **kwargs) -> Flow:
     if kwargs:
       raise TypeError(f"colour flow {name!r} takes no options, got {kwargs}")
     return _COLOUR[name]()
+  if name in _NOT_ONE_FLOW:
+    raise ValueError(f"unknown flow {name!r}: invjax.transforms.{name} "
+                     f"{_NOT_ONE_FLOW[name]}; flows are {FLOW_NAMES}")
   raise ValueError(f"unknown flow {name!r}; expected one of {FLOW_NAMES}")
 
 
