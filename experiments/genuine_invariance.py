@@ -34,7 +34,7 @@ finding below), predictive invariance
 (generalized JSD of the orbit's softmax outputs, nats) and logit invariance
 (orbit logit spread / orbit logit energy), both on the logits layer, and
 saliency invariance similarity (mean cosine between aligned input-gradient
-saliency maps; 1: invariant), `invjax.measures.saliency_invariance`.
+saliency maps; 1: invariant), `invjax.saliency.saliency_invariance`.
 
 Runtime: CPU full (MNIST 10,000 training images, 600 steps, C = 12;
 500 images per distribution; three candidate λ trained first): 9.5 min on
@@ -233,7 +233,7 @@ def experiment(config: _runner.Config, outdir) -> dict:
     if model not in saliency:
       apply_fn = lambda p, x, model=model: model.apply(p, x)  # eval mode
       saliency[model] = jax.jit(lambda p, x, f=apply_fn: (
-          ms.saliency_invariance(f, p, x, c4)))
+          invjax.saliency.saliency_invariance(f, p, x, c4)))
     for dist, images in inputs.items():
       geed, geed_pair, pi, li = invjax.measure(
           acts, images, c4, [ms.geed(), ms.geed(normalize="pairwise"),

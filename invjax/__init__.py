@@ -9,9 +9,12 @@
 
 from invjax import capture
 from invjax import flows
+from invjax import lie
 from invjax import measures
+from invjax import numerics
 from invjax import objectives
 from invjax import plot
+from invjax import saliency
 from invjax import significance
 from invjax import similarity
 from invjax import sweep
@@ -30,12 +33,15 @@ __all__ = (
     "capture",
     "enable_compile_cache",
     "flows",
+    "lie",
     "load_result",
     "measure",
     "measure_block",
     "measures",
+    "numerics",
     "objectives",
     "plot",
+    "saliency",
     "significance",
     "similarity",
     "sweep",

@@ -30,15 +30,16 @@ from invjax._src import base
 
 # Public callables of `invjax.measures` that need arguments and are not
 # streamed measure factories (each takes a network or numbers, not settings).
-NOT_FACTORIES = {
-    "aligned_saliency": "saliency maps of a network (apply_fn, params)",
-    "layerwise_lie_derivative": "Lie derivative of a list of layers",
-    "lie_derivative": "Lie derivative of a network function",
-    "linen_sequential_layers": "splits a Linen model into layers",
-    "safe_divide": "the division rule, not a measure",
-    "saliency_invariance": "needs the network's input gradients",
-    "saliency_invariance_dataset": "needs the network's input gradients",
-}
+# None now: the Lie derivatives, saliency invariance and the division rule
+# moved to `invjax.lie`, `invjax.saliency` and `invjax.numerics`.
+NOT_FACTORIES = {}
+
+# One old `invjax.measures` name per moved group, and where it lives now.
+MOVED = [
+    ("lie_derivative", "invjax.lie", "lie_derivative"),
+    ("saliency_invariance", "invjax.saliency", "saliency_invariance"),
+    ("safe_divide", "invjax.numerics", "tmeasures_divide"),
+]
 
 
 def _factories() -> dict:
@@ -283,3 +284,14 @@ def test_identity_keyword_is_a_deprecated_name_of_untransformed():
   with pytest.raises(ValueError, match="untransformed= only"):
     with pytest.warns(DeprecationWarning):
       m(x, identity=ident, untransformed=ident)
+
+
+@pytest.mark.parametrize("old, module, new", MOVED, ids=[m[0] for m in MOVED])
+def test_moved_name_still_works_and_warns(old, module, new):
+  """The old `invjax.measures` path gives the same object, with a warning."""
+  with pytest.warns(DeprecationWarning, match=f"is now {module}.{new}"):
+    got = getattr(ms, old)
+  assert got is getattr(getattr(invjax, module.split(".")[1]), new)
+  assert old not in ms.__all__
+  with pytest.raises(AttributeError):
+    ms.no_such_measure  # pylint: disable=pointless-statement

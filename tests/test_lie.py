@@ -9,6 +9,7 @@ import pytest
 
 from invjax._src import flows
 from invjax._src import lie
+from invjax._src import transforms as tr
 
 H = W = 10
 GEOMETRIC = ("translation_x", "translation_y", "rotation", "scale", "shear_x",
@@ -727,3 +728,57 @@ def test_forward_tangent_option():
   bare = flows.rotation()._replace(forward_tangent=None)
   with pytest.raises(ValueError, match="forward_tangent"):
     lie.lie_derivative(_compose(layers), x, bare, tangent="forward")
+
+
+@pytest.mark.parametrize("family", ["rotation", "scale", "translation"])
+def test_named_flows_generate_the_transformation_sets(family):
+  """The flow named like an `invjax.transforms` family is its generator.
+
+  With the sets' border (``mode="constant"``) a finite warp matches the set
+  (dm-pix), and the set's central difference over ±h, in the set's units,
+  is the tangent per radian times π/180 (rotation), per log-factor (scale)
+  and per pixel (translation).
+  """
+  x = jnp.asarray(_smooth_images(1, seed=4)[0], jnp.float32)
+  if family == "rotation":                 # h degrees
+    h = 0.5
+    ts = tr.rotation([h, -h], mode="constant")
+    fls, per_unit = [flows.flow("rotation", mode="constant")], [np.pi / 180]
+  elif family == "scale":                  # factors exp(±h)
+    h = 0.05
+    ts = tr.scale([np.exp(h), np.exp(-h)], mode="constant")
+    fls, per_unit = [flows.flow("scale", mode="constant")], [1]
+  else:                                    # (dy, dx) = ±(h, 2h) pixels
+    h = 0.05
+    ts = tr.translation([(h, 2 * h), (-h, -2 * h)], mode="constant")
+    fls = [flows.flow("translation_y", mode="constant"),
+           flows.flow("translation_x", mode="constant")]
+    per_unit = [1, 2]
+  params = [h * u for u in per_unit]
+  plus, minus = np.asarray(ts.apply(x), np.float64)
+  warped = x
+  for fl, t in zip(fls, params):
+    warped = fl.warp(warped, t)
+  inner = (slice(2, -2), slice(2, -2))
+  np.testing.assert_allclose(plus[inner], np.asarray(warped)[inner],
+                             atol=1e-5)
+  tangent = sum(u * np.asarray(fl.tangent(x), np.float64)
+                for u, fl in zip(per_unit, fls))
+  fd = (plus - minus) / (2 * h)
+  # Away from the border, which the sets fill with zeros: O(h²) and
+  # round-off.
+  np.testing.assert_allclose(fd[inner], tangent[inner], atol=1e-2 * np.abs(
+      tangent[inner]).max())
+
+
+def test_transformation_families_that_are_not_one_flow_say_why():
+  x = jnp.ones((1, H, W, 3))
+  fn = lambda z: jnp.mean(z, axis=(1, 2))
+  for name, why in [("translation", "translation_y"),
+                    ("rot90", "discrete group"), ("flips", "discrete group"),
+                    ("affine", "one-parameter parts"),
+                    ("rotation_uniform", "its flow is 'rotation'")]:
+    with pytest.raises(ValueError, match=f"unknown flow.*{why}"):
+      lie.lie_derivative(fn, x, name)
+  with pytest.raises(ValueError, match="unknown flow 'rotate'; expected"):
+    flows.flow("rotate")

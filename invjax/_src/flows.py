@@ -9,7 +9,10 @@ identity,
     v(x) = d/dt warp_t(x) |_{t=0},
 
 the input half of the Lie derivative of Gruver et al. (2023),
-(L_A f)(x) = J_f(x)·v(x) (see `invjax._src.lie`).
+(L_A f)(x) = J_f(x)·v(x) (see `invjax._src.lie`). This module holds the
+geometric flows; the colour flows (brightness, gain, contrast, saturation)
+are in `invjax._src.colour_flows` and the `Flow` type in
+`invjax._src.flow_base`; `flow` and `FLOW_NAMES` cover both.
 
 Geometric flows
 ---------------
@@ -80,6 +83,35 @@ Bilinear warps are only piecewise smooth in t: the finite difference of a
 warp at a finite step matches the tangent up to O(t)·(second differences of
 x). Tests therefore use smooth images (sums of Gaussians).
 
+Why flows are not TransformationSets
+------------------------------------
+`invjax.transforms` also has ``rotation`` and ``scale``, but a
+`TransformationSet` is a finite set of group elements applied by warps,
+which is all an orbit measure needs. The Lie derivative needs the derivative
+at the identity, and there dm-pix's bilinear warps have a kink (every sample
+sits on a pixel): their derivative at t = 0 is exactly 0. A flow therefore
+carries its generator and the analytic tangent. Directions and names agree:
+``transforms.rotation([θ])`` (degrees, counter-clockwise) is
+``rotation().warp(x, θ·π/180)``, the isotropic ``transforms.scale([s])`` is
+``scale().warp(x, log s)``, and ``transforms.translation([(dy, dx)])`` is
+``translation_y`` by dy after ``translation_x`` by dx, up to the border.
+Two defaults differ on purpose (changing them would change every recorded
+LEE):
+
+* Units: per radian, the Lie-algebra unit (M(t) = expm(t·G)), where the
+  transformation sets take degrees. A derivative per degree is π/180 times
+  the per-radian one (a mean-square LEE (π/180)² times, a mean-abs LEE
+  π/180 times); lie-deriv's units are `lie_deriv_factor`.
+* Borders: ``"mirror"``, as Gruver et al.'s reference sampler, where the
+  transformation sets pad with ``"constant"`` zeros (tmeasures'). Under a
+  zero border the central difference at the edge sees the step from the
+  image to the fill, so the tangent there is a spurious step (a moving frame
+  edge, not moving content). ``flow(name, mode="constant")`` gives the
+  transformation sets' border.
+
+`flow` refuses the other families' names (``translation``, ``rot90``, …),
+saying why.
+
 lie-deriv's tangent and units
 -----------------------------
 Gruver et al.'s code, the source of the LEE paper's numbers, does *not* use
@@ -114,26 +146,6 @@ ours, c = `lie_deriv_factor`: −(W−1)/2 for ``translation_x``, −(H−1)/2 f
 diagonal entry of a zero matrix (the other axis collapses), so it has no
 counterpart.
 
-Colour flows
-------------
-Pointwise in space, so they need no interpolation and the tangent is exact:
-
-* ``brightness``: x + t; v = 1.
-* ``gain``: exp(t)·x; v = x. This is what Gruver et al.'s "saturate" does
-  (``img·(1+t)`` on the mean/std-normalised tensor).
-* ``contrast``: μ + exp(t)·(x − μ), μ the per-channel spatial mean (as
-  `dm_pix.adjust_contrast`); v = x − μ.
-* ``saturation``: real HSV saturation, RGB images only (C = 3). The image is
-  converted with `dm_pix.rgb_to_hsv`, S is scaled by exp(t) and clipped to
-  [0, 1], and converted back with `dm_pix.hsv_to_rgb`. For fixed hue H and
-  value V, RGB = V·(1 − S·c(H)) is affine in S, so the tangent is
-  v = S·∂RGB/∂S = RGB − V with V = max over channels. At fully saturated
-  pixels (S = 1, i.e. some channel is 0) the clip makes the flow kink at
-  t = 0; there v is the central derivative ½(RGB − V).
-
-Colour flows have no natural action on hidden feature maps; the Lie
-derivative code treats hidden layers as invariant (trivial action) for them.
-
 References:
   Gruver, Finzi, Goldblum, Wilson. "The Lie Derivative for Measuring Learned
   Equivariance". ICLR 2023.
@@ -141,66 +153,21 @@ References:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
-
-import dm_pix
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from invjax._src import colour_flows
+from invjax._src import flow_base
+
 Array = jax.Array
-
-# map_coordinates mode -> jnp.pad mode extending the image the same way.
-_PAD_MODES = {
-    "mirror": "reflect",
-    "reflect": "symmetric",
-    "nearest": "edge",
-    "wrap": "wrap",
-    "constant": "constant",
-}
-_DIFFERENCES = ("central", "forward")
-
-
-class Flow(NamedTuple):
-  """A one-parameter flow on single images (H, W, C).
-
-  Attributes:
-    name: e.g. ``"rotation"``.
-    warp: ``(image, t) -> image``: the transformation at a finite parameter
-      t, differentiable in t and in the image.
-    tangent: ``image -> image``: the exact velocity d/dt warp_t(x) at t = 0.
-    generator: for geometric flows, the 3×3 generator matrix
-      ``[[A, b], [0, 0]]`` in centred homogeneous (row, col, 1) pixel
-      coordinates, as nested tuples of floats (so flows stay hashable and
-      comparable; ``np.asarray(flow.generator)`` for the matrix); None for
-      colour flows.
-    rescale: for geometric flows, ``(sy, sx) -> Flow``: the same group
-      element acting on a grid whose pixel is 1/sy × 1/sx input pixels (a
-      feature map of size (sy·H, sx·W)). The generator is conjugated by
-      S = diag(sy, sx): translations shrink with the map, rotations stay
-      rotations about the map's own centre. None for colour flows, which act
-      trivially on feature maps.
-    forward_tangent: for geometric flows, ``image -> image``: −D⁺x·ξ with
-      forward differences, the finite-difference tangent of Gruver et al.'s
-      code (see the module docstring); None for colour flows, which are
-      pointwise, so the two definitions agree.
-  """
-  name: str
-  warp: Callable[[Array, Array], Array]
-  tangent: Callable[[Array], Array]
-  generator: tuple[tuple[float, ...], ...] | None = None
-  rescale: Callable[[float, float], "Flow"] | None = None
-  forward_tangent: Callable[[Array], Array] | None = None
-
-
-def _check_image(image: Array, name: str) -> None:
-  if image.ndim != 3:
-    raise ValueError(
-        f"{name}: expected one image of shape (H, W, C), got {image.shape}; "
-        "use jax.vmap for batches")
-  if not jnp.issubdtype(image.dtype, jnp.floating):
-    raise ValueError(f"{name}: expected a floating-point image, got "
-                     f"{image.dtype}")
+# Also served from here, as before the split (`flow` looks them up by name).
+Flow = flow_base.Flow
+image_gradient = flow_base.image_gradient
+brightness = colour_flows.brightness
+gain = colour_flows.gain
+contrast = colour_flows.contrast
+saturation = colour_flows.saturation
 
 
 def _centred_grid(h: int, w: int, dtype) -> tuple[Array, Array]:
@@ -208,47 +175,6 @@ def _centred_grid(h: int, w: int, dtype) -> tuple[Array, Array]:
   y = jnp.arange(h, dtype=dtype) - (h - 1) / 2
   x = jnp.arange(w, dtype=dtype) - (w - 1) / 2
   return jnp.meshgrid(y, x, indexing="ij")
-
-
-def image_gradient(image: Array, *, mode: str = "mirror", cval: float = 0.0,
-                   difference: str = "central") -> tuple[Array, Array]:
-  """Finite-difference gradient (∂/∂row, ∂/∂col) of an (H, W, C) image.
-
-  ``"central"``: ∂x/∂row ≈ (x[r+1] − x[r−1]) / 2, the t → 0 limit of
-  central differences of the bilinear warp (what `Flow.tangent` uses).
-  ``"forward"``: ∂x/∂row ≈ x[r+1] − x[r], what autograd through a bilinear
-  sampler returns at integer positions (Gruver et al.'s code; see the module
-  docstring). The image is extended by one pixel past its border according
-  to ``mode``.
-
-  Args:
-    image: (H, W, C).
-    mode: boundary rule, one of ``"mirror"``, ``"reflect"``, ``"nearest"``,
-      ``"wrap"``, ``"constant"``.
-    cval: fill value for ``"constant"``.
-    difference: ``"central"`` or ``"forward"``.
-
-  Returns:
-    Two arrays of the image's shape: derivatives along rows and columns.
-  """
-  _check_image(image, "image_gradient")
-  if mode not in _PAD_MODES:
-    raise ValueError(f"unknown mode {mode!r}; expected one of "
-                     f"{sorted(_PAD_MODES)}")
-  if difference not in _DIFFERENCES:
-    raise ValueError(f"unknown difference {difference!r}; expected one of "
-                     f"{_DIFFERENCES}")
-  pad = ((1, 1), (1, 1), (0, 0))
-  if mode == "constant":
-    padded = jnp.pad(image, pad, mode="constant", constant_values=cval)
-  else:
-    padded = jnp.pad(image, pad, mode=_PAD_MODES[mode])
-  if difference == "forward":
-    centre = padded[1:-1, 1:-1]
-    return padded[2:, 1:-1] - centre, padded[1:-1, 2:] - centre
-  d_row = (padded[2:, 1:-1] - padded[:-2, 1:-1]) / 2
-  d_col = (padded[1:-1, 2:] - padded[1:-1, :-2]) / 2
-  return d_row, d_col
 
 
 def _as_generator(generator) -> np.ndarray:
@@ -328,12 +254,12 @@ def affine_flow(generator, *, name: str = "affine", mode: str = "mirror",
     A `Flow`.
   """
   g = _as_generator(generator)
-  if mode not in _PAD_MODES:
+  if mode not in flow_base.PAD_MODES:
     raise ValueError(f"unknown mode {mode!r}; expected one of "
-                     f"{sorted(_PAD_MODES)}")
+                     f"{sorted(flow_base.PAD_MODES)}")
 
   def warp(image, t):
-    _check_image(image, name)
+    flow_base.check_image(image, name)
     h, w, _ = image.shape
     dtype = image.dtype
     # Pull back: the output pixel p reads the input at M(−t)·p.
@@ -346,7 +272,7 @@ def affine_flow(generator, *, name: str = "affine", mode: str = "mirror",
     return jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
 
   def directional(image, difference):
-    _check_image(image, name)
+    flow_base.check_image(image, name)
     h, w, _ = image.shape
     y, x = _centred_grid(h, w, image.dtype)
     gd = jnp.asarray(g, image.dtype)
@@ -427,86 +353,6 @@ def stretch(*, mode: str = "mirror", cval: float = 0.0) -> Flow:
                      cval=cval)
 
 
-def brightness() -> Flow:
-  """Additive brightness x + t (as `dm_pix.adjust_brightness`); v = 1."""
-
-  def warp(image, t):
-    _check_image(image, "brightness")
-    return image + jnp.asarray(t, image.dtype)
-
-  def tangent(image):
-    _check_image(image, "brightness")
-    return jnp.ones_like(image)
-
-  return Flow(name="brightness", warp=warp, tangent=tangent)
-
-
-def gain() -> Flow:
-  """Multiplicative gain exp(t)·x; v = x (Gruver et al.'s "saturate")."""
-
-  def warp(image, t):
-    _check_image(image, "gain")
-    return jnp.exp(jnp.asarray(t, image.dtype)) * image
-
-  def tangent(image):
-    _check_image(image, "gain")
-    return image
-
-  return Flow(name="gain", warp=warp, tangent=tangent)
-
-
-def contrast() -> Flow:
-  """Contrast μ + exp(t)·(x − μ), μ the per-channel spatial mean; v = x − μ.
-
-  The mean is preserved, so exp(s)·exp(t) compose exactly: a true
-  one-parameter group. Matches `dm_pix.adjust_contrast` with factor exp(t).
-  """
-
-  def warp(image, t):
-    _check_image(image, "contrast")
-    mean = jnp.mean(image, axis=(0, 1), keepdims=True)
-    return mean + jnp.exp(jnp.asarray(t, image.dtype)) * (image - mean)
-
-  def tangent(image):
-    _check_image(image, "contrast")
-    return image - jnp.mean(image, axis=(0, 1), keepdims=True)
-
-  return Flow(name="contrast", warp=warp, tangent=tangent)
-
-
-def _check_rgb(image: Array) -> None:
-  _check_image(image, "saturation")
-  if image.shape[-1] != 3:
-    raise ValueError("saturation: HSV saturation needs RGB images (C = 3), "
-                     f"got C = {image.shape[-1]}")
-
-
-def saturation() -> Flow:
-  """HSV saturation S ↦ clip(exp(t)·S, 0, 1) via dm-pix colour conversion.
-
-  RGB images in [0, 1] only. Tangent v = RGB − V (V = max channel); at fully
-  saturated pixels (S = 1) the clip kinks the flow and v = ½(RGB − V), the
-  central derivative. See the module docstring.
-  """
-
-  def warp(image, t):
-    _check_rgb(image)
-    hsv = dm_pix.rgb_to_hsv(image)
-    s = jnp.clip(hsv[..., 1] * jnp.exp(jnp.asarray(t, image.dtype)), 0, 1)
-    return dm_pix.hsv_to_rgb(hsv.at[..., 1].set(s))
-
-  def tangent(image):
-    _check_rgb(image)
-    value = jnp.max(image, axis=-1, keepdims=True)
-    v = image - value
-    # S = 1 exactly when the smallest channel is 0 (and V > 0): increasing S
-    # is clipped away, so the flow has only a left derivative there.
-    full = (jnp.min(image, axis=-1, keepdims=True) <= 0) & (value > 0)
-    return jnp.where(full, v / 2, v)
-
-  return Flow(name="saturation", warp=warp, tangent=tangent)
-
-
 _GEOMETRIC = {
     "translation_x": translation_x,
     "translation_y": translation_y,
@@ -524,10 +370,32 @@ _COLOUR = {
     "saturation": saturation,
 }
 FLOW_NAMES = tuple(_GEOMETRIC) + tuple(_COLOUR)
+# `invjax.transforms` families that are not one flow, and why. ("rotation"
+# and "scale" are flow names: the flows that generate those families.)
+_NOT_ONE_FLOW = {
+    "translation": "has two parameters (dy, dx): pass the generators "
+                   "('translation_y', 'translation_x')",
+    "affine": "has several parameters: pass its one-parameter parts "
+              "('rotation', 'scale', 'translation_y', 'translation_x') or "
+              "affine_flow(generator)",
+    "rot90": "is a discrete group: it has no one-parameter flow, no tangent",
+    "flips": "is a discrete group: it has no one-parameter flow, no tangent",
+    "identity": "is the identity alone: its generator is 0",
+    "product": "composes two sets: pass the flows of both as a sequence",
+    "rotation_uniform": "is a set of rotations: its flow is 'rotation'",
+    "uniform_rotation": "is a set of rotations: its flow is 'rotation'",
+    "scale_uniform": "is a set of scalings: its flow is 'scale'",
+    "translation_uniform": "is a set of translations: pass the generators "
+                           "('translation_y', 'translation_x')",
+}
 
 
 def flow(name: str, **kwargs) -> Flow:
   """Looks up a flow by name, e.g. ``flow("rotation", mode="nearest")``.
+
+  ``"rotation"`` and ``"scale"`` are also `invjax.transforms` families: this
+  is their generator, per radian and with mirror borders by default (see the
+  module docstring); other family names are refused with the reason.
 
   Args:
     name: one of `FLOW_NAMES`.
@@ -549,6 +417,9 @@ def flow(name: str, **kwargs) -> Flow:
     if kwargs:
       raise TypeError(f"colour flow {name!r} takes no options, got {kwargs}")
     return _COLOUR[name]()
+  if name in _NOT_ONE_FLOW:
+    raise ValueError(f"unknown flow {name!r}: invjax.transforms.{name} "
+                     f"{_NOT_ONE_FLOW[name]}; flows are {FLOW_NAMES}")
   raise ValueError(f"unknown flow {name!r}; expected one of {FLOW_NAMES}")
 
 

@@ -23,6 +23,27 @@ by default on softmax probabilities; the dataset LEE is its mean over
 images. The two reference aggregations disagree (lie-deriv issue #6), so
 both are offered and neither is silent.
 
+Why flows are not TransformationSets
+------------------------------------
+The generators are `invjax.flows`, not `invjax.transforms` sets. A
+`TransformationSet` is a finite set of group elements applied by warps, and
+at the identity the derivative of dm-pix's bilinear warps is zero (a kink:
+every sample sits on a pixel), so the Lie derivative needs the generator,
+an analytic tangent. ``"rotation"`` and ``"scale"`` name both a flow and the
+family it generates, with the same direction; ``"translation"`` has two
+parameters (pass ``("translation_y", "translation_x")``) and the discrete
+``rot90`` and ``flips`` have no tangent, so those names are refused with the
+reason. Derivatives are per radian, the Lie-algebra unit, where the sets
+take degrees: per degree is π/180 times per radian (mean-square LEE
+(π/180)² times, mean-abs LEE π/180 times); lie-deriv's units are
+`flows.lie_deriv_factor`. There is no unit option: only rotation's
+parameter is an angle (shears and scales are ratios, translations pixels),
+so it would apply to one generator of a sequence. Borders mirror, as Gruver
+et al.'s reference: a zero border (the sets' ``"constant"``) makes the
+tangent at the edge a spurious step, the frame edge moving rather than the
+content; ``flows.flow(name, mode="constant")`` is there to compare. These
+defaults are those of every recorded LEE; see `invjax._src.flows`.
+
 Numbers beside lie-deriv's
 --------------------------
 Gruver et al.'s code (``ngruver/lie-deriv``, whose numbers the paper
@@ -147,8 +168,8 @@ def _check_options(output: str, aggregate: str, tangent: str) -> None:
     raise ValueError(f"tangent must be one of {_TANGENTS}, got {tangent!r}")
 
 
-def _tangent_fn(flow: flows_lib.Flow, tangent: str) -> Callable[[Array],
-                                                                 Array]:
+def _tangent_fn(flow: flows_lib.Flow,
+                tangent: str) -> Callable[[Array], Array]:
   """The flow's exact tangent, or lie-deriv's forward-difference one."""
   if tangent == "exact":
     return flow.tangent
@@ -218,8 +239,10 @@ def lie_derivative(
     fn: the network on a batch, ``(B, H, W, C) -> (B, *out)``, in inference
       mode; examples must not interact (no batch statistics).
     images: (B, H, W, C).
-    generators: a flow name (see `invjax._src.flows.FLOW_NAMES`), a `Flow`,
-      or a sequence of them. One flow drops the G axis of the results.
+    generators: a flow name (see `invjax._src.flows.FLOW_NAMES`; e.g.
+      ``"rotation"``, per radian, the generator of
+      `invjax.transforms.rotation`), a `Flow`, or a sequence of them. One
+      flow drops the G axis of the results.
     output: ``"probabilities"`` applies a softmax over the last axis of
       ``fn``'s output first (as the paper); ``"logits"`` uses it as is.
     aggregate: ``"mean_square"`` or ``"mean_abs"``.
@@ -401,8 +424,8 @@ def layerwise_lie_derivative(
   return result
 
 
-def linen_sequential_layers(module, variables) -> list[Callable[[Array],
-                                                                 Array]]:
+def linen_sequential_layers(
+    module, variables) -> list[Callable[[Array], Array]]:
   """The layers of a bound-able Flax Linen ``nn.Sequential`` as callables.
 
   Args:

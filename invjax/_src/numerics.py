@@ -20,7 +20,8 @@ Both functions are gradient-safe: the untaken branch never divides by zero or
 takes the square root of 0, so `jax.grad` is 0 there instead of NaN (a NaN in
 the untaken branch of `jnp.where` would still poison the gradient).
 `np_safe_divide` is the same rule in NumPy, for host arrays in float64
-(`jax.numpy` computes in float32 unless x64 is enabled).
+(`jax.numpy` computes in float32 unless x64 is enabled), and
+`tmeasures_divide` fixes tmeasures' rule (the variance and distance ratios).
 """
 
 from __future__ import annotations
@@ -102,6 +103,28 @@ def np_safe_divide(numerator: np.ndarray, denominator: np.ndarray, *,
     return _divide(np, np.asarray(numerator), np.asarray(denominator),
                    zero_over_zero, nonzero_over_zero, zero_tolerance,
                    propagate_nan)
+
+
+def tmeasures_divide(numerator: Array, denominator: Array,
+                     zero_tolerance: float = 0.0) -> Array:
+  """tmeasures' division rule, elementwise and gradient-safe.
+
+  With t = ``zero_tolerance`` (0: tmeasures' rule exactly):
+
+  * denominator > t: numerator / denominator;
+  * denominator ≤ t and numerator ≤ t: 1 (0/0: as invariant as it is varied);
+  * denominator ≤ t and numerator > t: +inf.
+
+  A t > 0 treats round-off as zero: on GPUs a unit that is constant in exact
+  arithmetic can come out with a variance of ~1e-15 instead of 0.
+
+  A NaN anywhere propagates as NaN (tmeasures would return the numerator).
+  This is `safe_divide` with tmeasures' rule.
+  """
+  # 0/0 → 1: a unit that varies neither across transformations nor across
+  # samples is as invariant as it is varied (tmeasures, Quiroga et al.).
+  return safe_divide(numerator, denominator, zero_over_zero=1.0,
+                     zero_tolerance=zero_tolerance)
 
 
 def safe_sqrt(x: Array) -> Array:

@@ -234,23 +234,6 @@ def block_mean(x: Array, weights: Array, axis: int = 0) -> RunningMean:
   return RunningMean(n, mean)
 
 
-def safe_divide(numerator: Array, denominator: Array,
-                zero_tolerance: float = 0.0) -> Array:
-  """tmeasures' division rule, elementwise and gradient-safe.
-
-  With t = ``zero_tolerance`` (0: tmeasures' rule exactly):
-
-  * denominator > t: numerator / denominator;
-  * denominator ≤ t and numerator ≤ t: 1 (0/0: as invariant as it is varied);
-  * denominator ≤ t and numerator > t: +inf.
-
-  A t > 0 treats round-off as zero: on GPUs a unit that is constant in exact
-  arithmetic can come out with a variance of ~1e-15 instead of 0.
-
-  A NaN anywhere propagates as NaN (tmeasures would return the numerator).
-  This is `numerics.safe_divide` with tmeasures' rule.
-  """
-  # 0/0 → 1: a unit that varies neither across transformations nor across
-  # samples is as invariant as it is varied (tmeasures, Quiroga et al.).
-  return numerics.safe_divide(numerator, denominator, zero_over_zero=1.0,
-                              zero_tolerance=zero_tolerance)
+# tmeasures' rule, for the measures that call `stats.safe_divide`; it lives in
+# numerics.
+safe_divide = numerics.tmeasures_divide

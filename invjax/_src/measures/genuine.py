@@ -33,6 +33,11 @@ confirmed against the paper:
   equals ∇ₓ[z_ŷ(g·x)] exactly, so an invariant model scores 1; interpolating
   warps add interpolation and padding error.
 
+Saliency invariance is not a streaming `Measure` (it lives in
+`invjax.saliency`): a `Measure` sees only captured activations, and s(g·x)
+is an input gradient of the network, so it needs ``apply_fn`` and
+``params`` and one backward pass per transformed image.
+
 The two output metrics are streaming `Measure`s: apply them to the logits
 layer (``layers="logits"`` for `invjax.models`); the softmax is over the
 last axis and logit norms are over the whole activation. Their ``values``
@@ -124,7 +129,7 @@ def logit_invariance() -> base.Measure:
     invariant) and ``"values"``.
   """
   return orbit_lib.orbit_measure("logit_invariance", _logit_orbit(),
-                                key="logit_invariance", settings=())
+                                 key="logit_invariance", settings=())
 
 
 # ----------------------------------------------------------------------------
