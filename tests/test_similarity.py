@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import invjax
 from invjax import similarity as sim
 
 # ---------------------------------------------------------------------------
@@ -606,3 +607,22 @@ def test_stir_options(images, asymmetric_stir):
   with pytest.raises(ValueError, match="init"):
     sim.stir(_SEES_ALL, _SEES_HALF, images, key=jax.random.key(0), steps=1,
              init="white")
+
+
+def test_as_result_saves_and_tabulates(tmp_path):
+  values = {"a|a": 1.0, "b|a": 0.25, "a|b": np.array([0.5, np.nan, 0.7])}
+  res = sim.as_result("stir", values, settings={"steps": 10})
+  assert res.layers == ["a|a", "b|a", "a|b"]
+  assert res.per_layer["b|a"] == 0.25
+  np.testing.assert_allclose(res.per_layer["a|b"], 0.6)
+  assert res.settings == {"steps": 10}
+  path = tmp_path / "stir.npz"
+  res.save(path)
+  back = invjax.load_result(path)
+  assert back.per_layer == res.per_layer and back.measure == "stir"
+  with pytest.raises(ValueError, match="at least one"):
+    sim.as_result("stir", {})
+  with pytest.raises(ValueError, match="non-empty strings"):
+    sim.as_result("stir", {"": 1.0})
+  with pytest.raises(ValueError, match="real numbers"):
+    sim.as_result("stir", {"x": "high"})

@@ -15,6 +15,16 @@ accumulators inside one compiled program (`lax.scan` over batches). The
 per-batch maths and the degenerate-input rule (a constant representation
 gives 0) are those of `cka`.
 
+Why CKA is not a `Measure`: a `Measure` streams a statistic of one layer's
+(B, T, ...) tile of one network, per unit or per layer, through
+`invjax.measure`. CKA compares two representations of the same samples (two
+networks, two layers, or a layer before and after a transformation), and its
+exact streamed state is the d_x × d_y cross-covariance, which for conv
+layers does not fit beside the engine's per-layer states (25,088² floats for
+one 28×28×32 map). So it has its own accumulator, with the same
+init/update/merge/finalize shape, and its values become a `MeasureResult`
+through `similarity.as_result` for saving, plots and sweep tables.
+
 References:
   Kornblith, Norouzi, Lee, Hinton. "Similarity of Neural Network
   Representations Revisited", ICML 2019.

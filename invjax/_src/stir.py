@@ -9,6 +9,11 @@ how similar a second model m2 finds X and X′,
 with S a CKA from `cka` (linear by default). Both directions are computed,
 with the plain S(m1(X), m2(X)) beside them.
 
+Why STIR is not a `Measure`: it optimises inputs (gradient descent through
+m1) and compares two models, where a `Measure` reads one network's
+activations under a fixed transformation set. Its values go into results
+files and sweep tables through `similarity.as_result`.
+
 Reference:
   Nanda, Speicher, Kolling, Dickerson, Gummadi, Weller. "Measuring
   Representational Robustness of Neural Networks Through Shared
