@@ -30,10 +30,9 @@ from invjax._src import numerics
 
 Array = jax.Array
 
-# Longest axis that `weighted_sum` unrolls on accelerators. Compile time grows
-# with it (H200 target, NV on SimpleConv: 5 s at 16, 28 s at 64 against 3 s
-# for a reduction), while past ~32 entries XLA's own reduction moves about as
-# few bytes (`benchmarks/hlo_traffic.py --t 32`).
+# Longest axis that `weighted_sum` unrolls on accelerators: compile time
+# grows with it, and past it XLA's own reduction moves as few bytes
+# (benchmarks/results/reductions.md).
 _UNROLL = 16
 
 
@@ -73,20 +72,13 @@ def weighted_sum(x: Array, weights: Array, axis: int,
   ``fn`` may return a tuple of arrays (several sums from one read of ``x``)
   and may close over arrays shaped like one slice.
 
-  On accelerators, an axis of at most `_UNROLL` entries (the transformations
-  of a tile) is summed slice by slice in the traced program: an elementwise
-  expression that XLA fuses into whatever consumes the sums, e.g. the
-  reduction over samples that follows TV's per-sample statistic, where a
-  reduction over a middle axis ends as a separate kernel whose output is
-  transposed (XLA:GPU, H200 target, `benchmarks/hlo_traffic.py`). A longer
-  axis (the samples) is a plain reduction of ``fn(x) * w``, whose sums XLA
-  fuses into one kernel. On CPU, a loop that reads one slice at a time and
-  applies ``fn`` inside it: XLA:CPU emits reductions over a major axis of a
-  large array at a small fraction of memory bandwidth (measured 10-100x
-  slower than reading the array once), and would also write ``fn(x)`` out in
-  full first, while the loop runs at about the speed of one read.
-  `lax.platform_dependent` picks the branch when the program is lowered, so
-  one traced function serves every backend.
+  How the sum is written depends on the backend, so that each reads ``x``
+  once (the measurements: benchmarks/results/reductions.md):
+  on accelerators an axis of at most `_UNROLL` entries is summed slice by
+  slice (an elementwise expression XLA fuses into the consumer) and a
+  longer one is a plain reduction of ``fn(x) * w``; on CPU a loop reads one
+  slice at a time. `lax.platform_dependent` picks the branch when the
+  program is lowered, so one traced function serves every backend.
   """
   w = weights.astype(x.dtype)
 
