@@ -4,7 +4,8 @@
     def get_config():
       return dict(seed=0, transform="rotation", steps=300)
     def get_sweep():
-      return invjax.sweep.product(seed=range(5), transform=["rotation", "scale"])
+      return invjax.sweep.product(seed=range(5),
+                                  transform=["rotation", "scale"])
     def run(config, outdir):
       ...                                  # train and measure one cell
       return {"nv": result}

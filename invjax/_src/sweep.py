@@ -6,7 +6,8 @@ A sweep file is a Python file in big_vision's style:
       return dict(seed=0, transform="rotation", steps=300)
 
     def get_sweep():             # one dict of overrides per cell
-      return invjax.sweep.product(seed=range(5), transform=["rotation", "scale"])
+      return invjax.sweep.product(seed=range(5),
+                                  transform=["rotation", "scale"])
     # or get_sweep(config), sized by the base config after --set
 
     def run(config, outdir):     # one cell: {name: MeasureResult or [results]}
@@ -64,7 +65,7 @@ from invjax._src.sweep_table import load
 from invjax._src.sweep_table import write
 
 
-# --- a cell's files -------------------------------------------------------------
+# --- a cell's files -----------------------------------------------------------
 
 
 def cell_dir(out: str | os.PathLike, cell: Cell | str) -> str:
@@ -183,7 +184,7 @@ def _run_group(module: types.ModuleType, out: str, group: list[Cell]) -> None:
       os.remove(stale)
 
 
-# --- running --------------------------------------------------------------------
+# --- running ------------------------------------------------------------------
 
 
 def run(sweep: Any, out: str | os.PathLike, *,

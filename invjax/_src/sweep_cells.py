@@ -35,7 +35,7 @@ COLUMNS = ("cell", "result", "result_index", "measure", "settings", "layer",
            "zero_division", "runtime_s")
 
 
-# --- building a sweep -----------------------------------------------------------
+# --- building a sweep ---------------------------------------------------------
 
 
 def product(**axes: Iterable[Any]) -> list[dict[str, Any]]:
@@ -216,7 +216,8 @@ def _import_file(path: str) -> types.ModuleType:
   return module
 
 
-def load_module(sweep: str | os.PathLike | types.ModuleType) -> types.ModuleType:
+def load_module(
+    sweep: str | os.PathLike | types.ModuleType) -> types.ModuleType:
   """The sweep module: a module object, a path to a ``.py`` file, or a name.
 
   Raises:
@@ -285,8 +286,9 @@ def cells(sweep: Any, settings: Mapping[str, Any] | None = None) -> list[Cell]:
 
   Each config is ``get_config()``, then ``settings`` (``--set``), then the
   cell's overrides. A ``get_sweep(config)`` that takes an argument gets the
-  base config after ``settings``, so ``--set num_seeds=3`` can size a grid. Keys are checked against the base config, so a typo is
-  an error rather than a silently unswept run.
+  base config after ``settings``, so ``--set num_seeds=3`` can size a grid.
+  Keys are checked against the base config, so a typo is an error rather
+  than a silently unswept run.
 
   Raises:
     ValueError: ``get_sweep()`` is not a non-empty list of dicts, an

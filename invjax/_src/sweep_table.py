@@ -23,7 +23,7 @@ from invjax._src.sweep_cells import DONE_FILE
 from invjax._src.sweep_cells import TABLE_FILE
 
 
-# --- the table ------------------------------------------------------------------
+# --- the table ----------------------------------------------------------------
 
 
 def _read_json(path: str) -> Any:
@@ -128,7 +128,11 @@ def load(out: str | os.PathLike):
 
 
 def write(table: Any, out: str | os.PathLike) -> str:
-  """Writes ``table`` to ``out/results.parquet`` atomically; returns the path."""
+  """Writes ``table`` to ``out/results.parquet`` atomically.
+
+  Returns:
+    The file's path.
+  """
   path = os.path.join(os.fspath(out), TABLE_FILE)
   os.makedirs(os.fspath(out), exist_ok=True)
   with files.atomic_open(path, "wb") as f:
