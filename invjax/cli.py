@@ -1,6 +1,6 @@
 """The `invjax` command line.
 
-    invjax measure       # digits, a quickly trained CNN, NV under rotations
+    invjax measure  # digits, a quickly trained CNN, NV under rotations
     invjax measure --dataset mnist --data-dir ../shared/data --transform rot90
 
 This module holds `main` (the parser and the dispatch) and the ``measure``

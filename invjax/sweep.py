@@ -4,7 +4,8 @@
     def get_config():
       return dict(seed=0, transform="rotation", steps=300)
     def get_sweep():
-      return invjax.sweep.product(seed=range(5), transform=["rotation", "scale"])
+      return invjax.sweep.product(seed=range(5),
+                                  transform=["rotation", "scale"])
     def run(config, outdir):
       ...                                  # train and measure one cell
       return {"nv": result}
@@ -15,19 +16,19 @@
 See `invjax._src.sweep` for the folder layout and the rules.
 """
 
-from invjax._src.sweep import cell_id
-from invjax._src.sweep import cells
-from invjax._src.sweep import collect
-from invjax._src.sweep import groups
 from invjax._src.sweep import is_complete
-from invjax._src.sweep import load
-from invjax._src.sweep import load_module
-from invjax._src.sweep import parse_set
-from invjax._src.sweep import parse_shard
-from invjax._src.sweep import product
 from invjax._src.sweep import run
-from invjax._src.sweep import shard_cells
 from invjax._src.sweep import status
+from invjax._src.sweep_cells import cell_id
+from invjax._src.sweep_cells import cells
+from invjax._src.sweep_cells import groups
+from invjax._src.sweep_cells import load_module
+from invjax._src.sweep_cells import parse_set
+from invjax._src.sweep_cells import parse_shard
+from invjax._src.sweep_cells import product
+from invjax._src.sweep_cells import shard_cells
+from invjax._src.sweep_table import collect
+from invjax._src.sweep_table import load
 
 __all__ = (
     "cell_id",

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from invjax import data
-from invjax._src import data as data_lib
+from invjax._src import data_files as data_lib
 
 MNIST_TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
 

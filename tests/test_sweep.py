@@ -21,7 +21,7 @@ import pytest
 import invjax
 from invjax import cli
 from invjax import sweep
-from invjax._src import sweep as sweep_impl
+from invjax._src import sweep_cells as sweep_impl
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SWEEP_FILE = str(REPO / "tests" / "digits_sweep.py")

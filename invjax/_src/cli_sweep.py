@@ -48,7 +48,8 @@ def _add_sweep_parser(sub) -> None:
 
 def _sweep_command(args: argparse.Namespace) -> int:
   import os  # pylint: disable=g-import-not-at-top
-  from invjax._src import sweep  # pylint: disable=g-import-not-at-top
+  from invjax import sweep  # pylint: disable=g-import-not-at-top
+  from invjax._src import sweep_cells  # pylint: disable=g-import-not-at-top
 
   def fail(msg: str):
     raise SystemExit(f"invjax sweep: error: {msg}")
@@ -78,5 +79,5 @@ def _sweep_command(args: argparse.Namespace) -> int:
     fail(str(e))
   done = sum(state == "done" for _, state in everything)
   print(f"{done} of {len(everything)} cells complete in {out}; "
-        f"{os.path.join(out, sweep.TABLE_FILE)}: {len(table)} rows")
+        f"{os.path.join(out, sweep_cells.TABLE_FILE)}: {len(table)} rows")
   return 0
