@@ -514,7 +514,8 @@ def test_plain_callable():
   act = capture.as_activations(_two_layers)
   assert capture.as_activations(act) is act
   assert act.params is None
-  assert act.key == capture.from_callable(_two_layers).key
+  with pytest.warns(DeprecationWarning, match="use as_activations"):
+    assert act.key == capture.from_callable(_two_layers).key
   acts = act(IMAGES)
   assert list(acts) == ["z_first", "a_second"]  # the callable's own order
   _close(acts["a_second"], jnp.sum(jnp.tanh(IMAGES), axis=-1))
@@ -523,7 +524,7 @@ def test_plain_callable():
 
 
 def test_repr_of_callables_elides_long_layer_lists():
-  act = capture.from_callable(_two_layers)
+  act = capture.as_activations(_two_layers)
   act(IMAGES)
   assert repr(act) == ("Activations(callable _two_layers;\n"
                        "  2 layers, per-sample shapes at the latest call:\n"

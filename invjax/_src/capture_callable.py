@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import sys
+import warnings
 from typing import Any, Callable, Mapping
 
 import jax
@@ -71,12 +72,10 @@ def as_activations(obj: Any) -> Activations:
 
 
 def from_callable(fn: Callable[[Array], Mapping[str, Array]]) -> Activations:
-  """Wraps ``fn(images) -> {name: (B, ...)}``; alias of `as_activations`.
-
-  Any model becomes measurable this way, whatever its framework: return the
-  activations to measure, in execution order. `invjax.measure` also takes such
-  a callable directly and wraps it with this function.
-  """
+  """`as_activations` under a second name (deprecated: use that)."""
+  warnings.warn("capture.from_callable is capture.as_activations under a "
+                "second name: use as_activations", DeprecationWarning,
+                stacklevel=2)
   return as_activations(fn)
 
 
@@ -84,11 +83,12 @@ def function(fn: Callable[[Params, Array], Mapping[str, Array]],
              params: Params, *, ensemble: bool = False) -> Activations:
   """Activations of a pure ``fn(params, images) -> {name: (B, ...)}``.
 
-  Unlike `from_callable`, the weights come in as an argument, so a compiled
-  measurement takes them as inputs (not constants) and can measure an
-  ensemble: with ``ensemble=True``, ``params`` holds K members' parameters
-  stacked (every leaf (K, ...)), ``fn`` still takes one member's, and
-  `invjax.measure` returns one result per member, all from one program.
+  Unlike a plain callable (`as_activations`), the weights come in as an
+  argument, so a compiled measurement takes them as inputs (not constants)
+  and can measure an ensemble: with ``ensemble=True``, ``params`` holds K
+  members' parameters stacked (every leaf (K, ...)), ``fn`` still takes one
+  member's, and `invjax.measure` returns one result per member, all from one
+  program.
 
   Args:
     fn: pure ``fn(params, images)``, images (B, H, W, C), returning a dict of
