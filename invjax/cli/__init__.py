@@ -5,8 +5,8 @@
 
 This module holds `main` (the parser and the dispatch) and the ``measure``
 command; the other subcommands, each a parser and a command, are in
-``invjax/_src/cli_plot.py``, ``cli_train.py``, ``cli_experiment.py`` and
-``cli_sweep.py``.
+``invjax/cli/_plot.py``, ``_train.py``, ``_experiment.py`` and ``_sweep.py``
+(the top layer: they import invjax's public modules, nothing imports them).
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import time
 
 import numpy as np
 
-from invjax._src.cli_experiment import _add_experiment_parser
-from invjax._src.cli_experiment import _experiment_command
-from invjax._src.cli_flags import _add_compile_cache_flag
-from invjax._src.cli_plot import _add_plot_parser
-from invjax._src.cli_plot import _plot_command
-from invjax._src.cli_sweep import _add_sweep_parser
-from invjax._src.cli_sweep import _sweep_command
-from invjax._src.cli_train import _add_train_parser
-from invjax._src.cli_train import _train_command
+from invjax.cli._experiment import _add_experiment_parser
+from invjax.cli._experiment import _experiment_command
+from invjax.cli._flags import _add_compile_cache_flag
+from invjax.cli._plot import _add_plot_parser
+from invjax.cli._plot import _plot_command
+from invjax.cli._sweep import _add_sweep_parser
+from invjax.cli._sweep import _sweep_command
+from invjax.cli._train import _add_train_parser
+from invjax.cli._train import _train_command
 
 _TRANSFORMS = ("rotation", "rot90", "flips", "scale", "translation")
 _MEASURES = ("normalized_variance", "transformation_variance",
@@ -148,7 +148,3 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])
     return _experiment_command(args)
   return 2
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -10,7 +10,7 @@ import argparse
 
 import numpy as np
 
-from invjax._src.cli_flags import _add_compile_cache_flag
+from invjax.cli._flags import _add_compile_cache_flag
 
 _TRAIN_MODELS = ("simpleconv", "allconv", "vgg16d", "resnet18", "c4gcnn")
 

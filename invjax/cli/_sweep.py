@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from invjax._src.cli_flags import _add_compile_cache_flag
+from invjax.cli._flags import _add_compile_cache_flag
 
 
 def _add_sweep_parser(sub) -> None:
