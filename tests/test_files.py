@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import stat
+import zipfile
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
   path = tmp_path / "nv.npz"
   first = _result()
   first.save(path)
-  savez = np.savez
+  savez = np.savez_compressed
 
   def killed(f, **arrays):
     buf = io.BytesIO()
@@ -54,7 +55,7 @@ def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
     f.write(buf.getvalue()[:100])                  # Half written, then...
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(np, "savez", killed)
+  monkeypatch.setattr(np, "savez_compressed", killed)
   with pytest.raises(KeyboardInterrupt):
     _result().save(path)
   assert os.listdir(tmp_path) == ["nv.npz"]        # No temporary left.
@@ -74,9 +75,34 @@ def _npy(a):
 
 
 def _corrupt(data):
+  # Overwrites the middle of the first member's (compressed) data: its local
+  # header is 30 bytes, then its name and extra field; the central
+  # directory has its size.
+  first = zipfile.ZipFile(io.BytesIO(data)).infolist()[0]
   data = bytearray(data)
-  data[len(data) // 3:len(data) // 3 + 16] = b"\xff" * 16
+  start = 30 + int.from_bytes(data[26:28], "little") + int.from_bytes(
+      data[28:30], "little")
+  middle = start + first.compress_size // 2
+  data[middle:middle + 16] = b"\xff" * 16
   return bytes(data)
+
+
+def test_results_are_compressed_and_earlier_files_still_load(tmp_path):
+  res = _result(note="×2 → ok")                   # Non-ASCII settings too.
+  res.save(tmp_path / "new.npz")
+  with zipfile.ZipFile(tmp_path / "new.npz") as z:
+    assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
+  with np.load(tmp_path / "new.npz") as data:
+    assert data["__metadata__"].dtype.kind == "S"  # Bytes, not UTF-32.
+  back = invjax.load_result(tmp_path / "new.npz")
+  _assert_same(res, back)
+  assert back.settings["note"] == "×2 → ok"
+  # The format before: uncompressed, the metadata a NumPy unicode string.
+  with np.load(tmp_path / "new.npz") as data:
+    arrays = {k: data[k] for k in data.files}
+  arrays["__metadata__"] = np.array(arrays["__metadata__"].item().decode())
+  np.savez(tmp_path / "old.npz", **arrays)
+  _assert_same(res, invjax.load_result(tmp_path / "old.npz"))
 
 
 def _valid(tmp_path):

@@ -151,10 +151,13 @@ class MeasureResult:
     arrays: dict[str, np.ndarray] = {}
     meta = self._flatten("", arrays)
     meta["format"] = _FORMAT
-    arrays["__metadata__"] = np.array(json.dumps(meta))
+    # ASCII bytes (json.dumps escapes the rest): a NumPy unicode string
+    # would take 4 bytes a character.
+    arrays["__metadata__"] = np.array(json.dumps(meta).encode("ascii"))
     # A file object, so np.savez appends no suffix to the temporary name.
+    # Compressed: a result is many small arrays that deflate well.
     with files.atomic_open(path, "wb") as f:
-      np.savez(f, **arrays)
+      np.savez_compressed(f, **arrays)
 
 
 def add_note(notes: dict[str, str], layer: str, note: str) -> None:
@@ -261,8 +264,11 @@ def load_result(path: str | os.PathLike) -> MeasureResult:
     raise ValueError(f"{name} is not an invjax result file (a .npz without "
                      "invjax's metadata entry: no metadata)")
   try:
-    meta = json.loads(str(arrays["__metadata__"]))
-  except json.JSONDecodeError as e:
+    raw = arrays["__metadata__"]
+    # Bytes since the compressed format; a unicode string before.
+    meta = json.loads(raw.item().decode("ascii") if raw.dtype.kind == "S"
+                      else str(raw))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{name}: its metadata entry is not JSON ({e}); not an "
                      "invjax result file, or a damaged one") from None
   fmt = meta.get("format") if isinstance(meta, dict) else None
