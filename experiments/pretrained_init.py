@@ -24,6 +24,11 @@ each without (``augment=none``) and with (``augment=rot90``: one random
 quarter turn per sample) augmentation during fine-tuning, from ``num_seeds``
 seeds. Cells ``init=source`` measure the pretrained model itself on the
 task's data, not fine-tuned: the invariance a fine-tuned model could retain.
+With ``pretrain_steps == steps`` and no pretraining augmentation, the source
+of seed s is the network of the cell (other task, random, none, s): same
+seed, data and steps, so their values coincide (in results.md: a task's
+"source" on the ``other`` images equals the other task's random-init,
+unaugmented model on its ``test`` images).
 One pretraining per (pretraining task, seed) is shared by its cells: it
 trains in the run directory's ``checkpoints/pretrain_<task>_seed<s>`` (the
 first cell that needs it trains it, the others restore it; shards on
@@ -74,7 +79,8 @@ measured per distribution; SimpleConv C = 8, fc = 32; 300 pretraining and
 cells): 13.4 min wall on 2 CPU cores shared with four other jobs (load
 average 8–14), 5.1 min of CPU time, so about 4 min on 2 idle cores (an
 estimate from the CPU time). Smoke mode (digits, task mnist only, no
-augmentation, 2 seeds, 10 steps): SMOKE_TIME. GPU preset (``preset=gpu``:
+augmentation, 2 seeds, 10 steps; 6 cells): 33 s wall and 21 s of CPU
+time on 2 CPU cores at load average 9; GPU preset (``preset=gpu``:
 60,000 MNIST and 9,000 CIFAR grey training images, 1,000 measured, C = 32,
 fc = 128, 3,000 steps each, 5 seeds: 10 pretrainings, 40 fine-tunings):
 about 30 min on one H100 (an estimate: the GPU settings have not been
