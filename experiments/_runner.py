@@ -62,6 +62,7 @@ REGISTRY = {
     "architectures_cifar10": "experiments.architectures_cifar10",
     "genuine_invariance": "experiments.genuine_invariance",
     "shared_invariance": "experiments.shared_invariance",
+    "pretrained_init": "experiments.pretrained_init",
 }
 
 # Keys every config has; the runner and `fit` read them.
@@ -312,11 +313,15 @@ def load_digit_data(config: Mapping[str, Any]):
 
 def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
         seed: int | None = None, augment=None, regularizer=None,
-        steps: int | None = None, seeds: Sequence[int] | None = None):
+        steps: int | None = None, seeds: Sequence[int] | None = None,
+        variables=None):
   """Trains ``model`` with `invjax.train.fit` in ``outdir/checkpoints/label``.
 
   ``seeds`` instead of ``seed`` trains an ensemble, one member per seed, as
-  one vmapped program (`invjax.train.fit(..., seeds=)`).
+  one vmapped program (`invjax.train.fit(..., seeds=)`). ``variables``
+  starts from those weights instead of ``model.init`` (fine-tuning a
+  pretrained model; with ``seeds``, stacked); the seed still sets the batch
+  order and the per-step keys.
 
   Returns:
     The trained variables (with ``seeds``: stacked, leading axis K).
@@ -333,6 +338,8 @@ def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
   workdir = pathlib.Path(outdir) / "checkpoints" / label
   t0 = time.perf_counter()
   extra = {} if seeds is None else {"seeds": [int(s) for s in seeds]}
+  if variables is not None:
+    extra["variables"] = variables
   state = T.fit(model, cfg, images, labels, workdir=str(workdir),
                 progress=progress(config), **extra)
   which = f"seed {seed}" if seeds is None else f"seeds {list(seeds)}"
