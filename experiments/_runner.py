@@ -62,6 +62,7 @@ REGISTRY = {
     "architectures_cifar10": "experiments.architectures_cifar10",
     "genuine_invariance": "experiments.genuine_invariance",
     "shared_invariance": "experiments.shared_invariance",
+    "seeds_vs_shift": "experiments.seeds_vs_shift",
     "pretrained_init": "experiments.pretrained_init",
 }
 
