@@ -62,6 +62,7 @@ REGISTRY = {
     "architectures_cifar10": "experiments.architectures_cifar10",
     "genuine_invariance": "experiments.genuine_invariance",
     "shared_invariance": "experiments.shared_invariance",
+    "shared_invariance_matrix": "experiments.shared_invariance_matrix",
 }
 
 # Keys every config has; the runner and `fit` read them.
@@ -312,11 +313,13 @@ def load_digit_data(config: Mapping[str, Any]):
 
 def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
         seed: int | None = None, augment=None, regularizer=None,
-        steps: int | None = None, seeds: Sequence[int] | None = None):
+        steps: int | None = None, seeds: Sequence[int] | None = None,
+        loss_fn=None):
   """Trains ``model`` with `invjax.train.fit` in ``outdir/checkpoints/label``.
 
   ``seeds`` instead of ``seed`` trains an ensemble, one member per seed, as
-  one vmapped program (`invjax.train.fit(..., seeds=)`).
+  one vmapped program (`invjax.train.fit(..., seeds=)`). ``loss_fn``:
+  ``(logits, labels) -> scalar`` instead of the cross-entropy.
 
   Returns:
     The trained variables (with ``seeds``: stacked, leading axis K).
@@ -334,7 +337,7 @@ def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
   t0 = time.perf_counter()
   extra = {} if seeds is None else {"seeds": [int(s) for s in seeds]}
   state = T.fit(model, cfg, images, labels, workdir=str(workdir),
-                progress=progress(config), **extra)
+                progress=progress(config), loss_fn=loss_fn, **extra)
   which = f"seed {seed}" if seeds is None else f"seeds {list(seeds)}"
   log(f"  trained {label} ({type(model).__name__}, {steps} steps, {which}) "
       f"in {time.perf_counter() - t0:.1f}s")
