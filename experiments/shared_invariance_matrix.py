@@ -1,5 +1,4 @@
-"""Shared invariance (STIR) and CKA matrices over seeds, architectures, losses
-and training data.
+"""STIR and CKA matrices of models varying in seed, architecture, loss, data.
 
 Command::
 
@@ -42,11 +41,10 @@ when the inversion has converged. The values go into the sweep table as
 MeasureResults (`invjax.similarity.as_result`) whose "layers" are the pair
 names ``"b|a"`` (STIR(b | a)) and ``"a|b"`` (CKA, a before b in `MODELS`).
 
-Runtime: CPU full (digits, halves of 848 images, C = 8, 400 steps, 64
-measured images, 150 inversion steps): see the committed run in
-experiments/results/shared_invariance_matrix (its results.md gives the
-wall time, measured on 2 shared CPU cores); smoke mode (four models) about
-25 s on 2 idle cores. GPU preset (``preset=gpu``: MNIST halves of 30,000,
+Runtime: CPU full (digits, halves of 866 images, C = 8, 500 steps, 64
+measured images, 200 inversion steps): RUNTIME_PLACEHOLDER
+smoke mode (four models, 10 steps, 10 inversion steps): about 25 s of CPU
+time, compile-bound. GPU preset (``preset=gpu``: MNIST halves of 30,000,
 C = 32, 5,000 steps, 1,000 measured images, the paper's 1,000 inversion
 steps, 3 starts): about 20–30 min on one H100 (an estimate: the GPU
 settings have not been timed).
@@ -87,7 +85,8 @@ _ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-from experiments import _runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
+from experiments import _runner
 
 # name -> (architecture, loss, training half). Model i trains from seed
 # ``config.seed + i`` (its index here), so no two models share an
@@ -416,6 +415,17 @@ def claims(stir, names, config) -> dict:
   np.fill_diagonal(asym, np.nan)
   i, j = np.unravel_index(np.nanargmax(asym), asym.shape)
   over = int(np.nansum(asym > config.asymmetry_threshold) // 2)
+  # Each architecture's seed pairs against its pairs with the others: the
+  # pooled means above can hide an architecture whose seeds share little.
+  out["per_architecture"] = {
+      k: dict(within=float(np.mean(w)) if len(w) else float("nan"),
+              across=float(np.mean(x)) if len(x) else float("nan"))
+      for k in dict.fromkeys(arch[m] for m in ce0)
+      for w, x in [(pair_values(stir, names, lambda a, b, k=k: a in ce0 and
+                                b in ce0 and arch[a] == arch[b] == k),
+                    pair_values(stir, names, lambda a, b, k=k: a in ce0 and
+                                b in ce0 and arch[a] != arch[b] and
+                                k in (arch[a], arch[b])))]}
   out["asymmetry"] = dict(
       max=float(asym[i, j]), pair=[names[i], names[j]],
       stir_ij=float(stir[i, j]), stir_ji=float(stir[j, i]),
@@ -471,8 +481,8 @@ def summarize(config: _runner.Config, table, outdir) -> dict:
   c = claims(stir, names, config)
   diag = np.diag(stir)
   ca, cl, cs = c["architecture"], c["loss"], c["asymmetry"]
-  verdict = {k: "held" if v["held"] else "did not hold" for k, v in
-             c.items()}
+  verdict = {k: "held" if c[k]["held"] else "did not hold" for k in
+             ("architecture", "loss", "asymmetry")}
   # The data axis, descriptive: the half-1 SimpleConv against the half-0
   # cross-entropy SimpleConvs, beside the half-0 seed pair.
   half0 = [m for m in names if MODELS[m] == ("SimpleConv", "ce", 0)]
@@ -502,15 +512,25 @@ def summarize(config: _runner.Config, table, outdir) -> dict:
       f"{cs['pairs_over_threshold']} of {cs['pairs']} pairs over "
       f"{config.asymmetry_threshold}: {verdict['asymmetry']}.",
   ]
+  findings.insert(2, "Per architecture, STIR between its seeds vs with the "
+                  "other architectures: " + ", ".join(
+                      f"{k} {v['within']:.3f} vs {v['across']:.3f}"
+                      for k, v in c["per_architecture"].items()) + ".")
+  off = ~np.eye(len(names), dtype=bool)
+  findings.append(f"STIR beside CKA: mean off-diagonal STIR "
+                  f"{stir[off].mean():.3f}, linear CKA {cka[off].mean():.3f}"
+                  f"; STIR < CKA for {int(np.sum(stir[off] < cka[off]))} of "
+                  f"{int(off.sum())} ordered pairs.")
   if data_line:
     findings.append(data_line)
-  held = [k for k, v in c.items() if v["held"]]
+  held = [k for k in verdict if c[k]["held"]]
   if len(held) == 3:
     last = "held."
   elif not held:
     last = "did not hold."
   else:
-    last = "partly: " + "; ".join(f"{k} {verdict[k]}" for k in c) + "."
+    last = "partly: " + "; ".join(f"{k} {v}" for k, v in verdict.items()
+                                  ) + "."
   findings.append("Expected finding (shared invariance falls with "
                   "architectural difference, depends on the loss, and is "
                   "asymmetric) " + last)
