@@ -1,6 +1,6 @@
 """shared_invariance_matrix in smoke mode, checked against float64 NumPy.
 
-One smoke run (four models and the pairs cell); the checks recompute the
+One smoke run (three models and the pairs cell); the checks recompute the
 recorded STIR and CKA values from the representations the run saved, the
 claims' statistics from the sweep table, and the losses by hand.
 """
@@ -124,10 +124,6 @@ def test_claims_recomputed_from_the_table(run):
             for b in ("cnn_a", "cnn_b") if a != b]
   across = [stir[b, a] for a, b in (("cnn_a", "gcnn_a"), ("gcnn_a", "cnn_a"),
                                     ("cnn_b", "gcnn_a"), ("gcnn_a", "cnn_b"))]
-  other_loss = [stir[b, a] for a, b in (("cnn_a", "cnn_ls"),
-                                        ("cnn_ls", "cnn_a"),
-                                        ("cnn_b", "cnn_ls"),
-                                        ("cnn_ls", "cnn_b"))]
   claims = metrics["claims"]
   arch, loss = claims["architecture"], claims["loss"]
   assert arch["mean_same"] == pytest.approx(np.mean(within), abs=1e-12)
@@ -135,8 +131,9 @@ def test_claims_recomputed_from_the_table(run):
   assert arch["pvalue"] == pytest.approx(stats.ttest_ind(
       within, across, equal_var=False, alternative="greater").pvalue)
   assert loss["mean_same"] == pytest.approx(np.mean(within), abs=1e-12)
-  assert loss["mean_different"] == pytest.approx(np.mean(other_loss),
-                                                 abs=1e-12)
+  # The smoke models share one loss: no pair to decide the loss claim by.
+  assert loss["n_different"] == 0 and np.isnan(float(loss["pvalue"]))
+  assert not loss["held"]
   asym = max(abs(stir[a, b] - stir[b, a]) for a in names for b in names)
   assert claims["asymmetry"]["max"] == pytest.approx(asym, abs=1e-12)
   assert claims["asymmetry"]["held"] == (asym > 0.05)
