@@ -64,6 +64,7 @@ REGISTRY = {
     "shared_invariance": "experiments.shared_invariance",
     "seeds_vs_shift": "experiments.seeds_vs_shift",
     "pretrained_init": "experiments.pretrained_init",
+    "shared_invariance_matrix": "experiments.shared_invariance_matrix",
 }
 
 # Keys every config has; the runner and `fit` read them.
@@ -315,14 +316,15 @@ def load_digit_data(config: Mapping[str, Any]):
 def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
         seed: int | None = None, augment=None, regularizer=None,
         steps: int | None = None, seeds: Sequence[int] | None = None,
-        variables=None):
+        variables=None, loss_fn=None):
   """Trains ``model`` with `invjax.train.fit` in ``outdir/checkpoints/label``.
 
   ``seeds`` instead of ``seed`` trains an ensemble, one member per seed, as
   one vmapped program (`invjax.train.fit(..., seeds=)`). ``variables``
   starts from those weights instead of ``model.init`` (fine-tuning a
   pretrained model; with ``seeds``, stacked); the seed still sets the batch
-  order and the per-step keys.
+  order and the per-step keys. ``loss_fn``: ``(logits, labels) -> scalar``
+  instead of the cross-entropy.
 
   Returns:
     The trained variables (with ``seeds``: stacked, leading axis K).
@@ -342,7 +344,7 @@ def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
   if variables is not None:
     extra["variables"] = variables
   state = T.fit(model, cfg, images, labels, workdir=str(workdir),
-                progress=progress(config), **extra)
+                progress=progress(config), loss_fn=loss_fn, **extra)
   which = f"seed {seed}" if seeds is None else f"seeds {list(seeds)}"
   log(f"  trained {label} ({type(model).__name__}, {steps} steps, {which}) "
       f"in {time.perf_counter() - t0:.1f}s")
