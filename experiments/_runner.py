@@ -62,6 +62,7 @@ REGISTRY = {
     "architectures_cifar10": "experiments.architectures_cifar10",
     "genuine_invariance": "experiments.genuine_invariance",
     "shared_invariance": "experiments.shared_invariance",
+    "spectral_decay": "experiments.spectral_decay",
 }
 
 # Keys every config has; the runner and `fit` read them.
