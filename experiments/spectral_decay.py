@@ -26,8 +26,8 @@ on the same ``n_measure`` test images, with the same random perturbations
 
 * sensitivity to the group: logit invariance LI = Σ_g‖z(g·x) − z̄‖² /
   Σ_g‖z(g·x)‖² (`invjax.measures.logit_invariance`) and NV
-  (`invjax.measures.normalized_variance`) at the logits; and the relative logit change under a quarter turn,
-  ``rot_rel`` = mean over g ≠ e of ‖f(g·x) − f(x)‖ / ‖f(x)‖;
+  (`invjax.measures.normalized_variance`) at the logits; and the relative
+  logit change under a quarter turn, ``rot_rel`` = mean over g ≠ e of ‖f(g·x) − f(x)‖ / ‖f(x)‖;
 * sensitivity outside the group: (a) ``noise_rel``, the same relative change
   under Gaussian noise of matched norm, ‖f(x + δ) − f(x)‖ / ‖f(x)‖ with δ
   isotropic and ‖δ‖ = ‖g·x − x‖, one draw per g ≠ e, averaged
@@ -39,7 +39,9 @@ on the same ``n_measure`` test images, with the same random perturbations
   images by subspace (power) iteration with `jax.jvp` and `jax.vjp`
   (`top_singular_values`; ``power_iterations`` steps, then Rayleigh–Ritz);
 * ``logit_norm`` ‖f(x)‖ (a smaller logit scale alone lowers (b) and (c) but
-  not (a)), and clean and rotated test accuracy.
+  not (a)), and, from it, (b) and (c) per unit of logit norm (``jvp_rel``,
+  ``sigma1_rel``, computed in `summarize`; reported, not decided on); clean
+  and rotated test accuracy.
 
 These are saved per cell as the result ``"sensitivity"`` (one "layer" per
 quantity, one value per image; `invjax.similarity.as_result`), beside
@@ -131,6 +133,7 @@ MODELS = ("cnn", "gcnn")
 # The non-group measures of the decision, and the group ones reported.
 NON_GROUP = ("noise_rel", "jvp_norm", "sigma1")
 GROUP = ("li", "nv", "rot_rel")
+SCALE_FREE = ("jvp_rel", "sigma1_rel")  # reported, not in the decision
 
 
 def get_config(smoke: bool = False, **overrides) -> _runner.Config:
@@ -405,8 +408,21 @@ def run_cell(config: _runner.Config, outdir) -> dict:
 
 
 def cell_values(result: dict) -> dict:
-  """A cell's scalars: the sensitivity means, and NV and LI at the logits."""
-  out = dict(result["sensitivity"][0].per_layer)
+  """A cell's scalars: the sensitivity means, and NV and LI at the logits.
+
+  Also the scale-free (b) and (c), mean_i ‖J(x_i) u‖ / ‖f(x_i)‖ and
+  mean_i σ₁(J(x_i)) / ‖f(x_i)‖ (``jvp_rel``, ``sigma1_rel``): a network
+  whose logits shrink has a smaller Jacobian without being any less
+  sensitive relative to its outputs, which (a) already is.
+  """
+  sens = result["sensitivity"][0]
+  out = dict(sens.per_layer)
+  per_image = {k: np.asarray(v, np.float64)
+               for k, v in sens.per_activation.items()}
+  norm = per_image["logit_norm"]
+  out["jvp_rel"] = float(np.mean(per_image["jvp_norm"] / norm))
+  sigma1 = per_image["sigma1"]
+  out["sigma1_rel"] = float(np.mean(sigma1 / norm[:len(sigma1)]))
   out["nv"] = result["nv"][0].per_layer["logits"]
   out["li"] = result["li"][0].per_layer["logits"]
   return out
@@ -476,7 +492,7 @@ def summarize(config: _runner.Config, table, outdir) -> dict:
     accuracy[key] = _runner.read_cell_record(outdir, cell)["accuracy"]
   k = int(config.top_k)
   n_measured = int(results[key]["sensitivity"][0].settings["n_measure"])
-  keys = list(GROUP) + [q for q in values[key] if q not in GROUP]
+  keys = list(values[key])
   # (seeds, λ) arrays for the CNN, (seeds,) for the G-CNN.
   cnn = {q: np.array([[values[("cnn", w, s)][q] for w in weights]
                       for s in seeds]) for q in keys}
@@ -490,7 +506,7 @@ def summarize(config: _runner.Config, table, outdir) -> dict:
 
   # (i) Spearman ρ(λ, m): per seed over the λ, and pooled over all cells.
   spearman = {}
-  for q in NON_GROUP + GROUP:
+  for q in NON_GROUP + SCALE_FREE + GROUP:
     per_seed = [float(stats.spearmanr(weights, cnn[q][i]).statistic)
                 for i in range(len(seeds))]
     pooled = stats.spearmanr(np.tile(weights, len(seeds)), cnn[q].ravel())
@@ -526,7 +542,7 @@ def summarize(config: _runner.Config, table, outdir) -> dict:
 
   cols = ["accuracy", "rot_accuracy", "li", "nv", "rot_rel", "noise_rel",
           "jvp_norm"] + [f"sigma{i}" for i in range(1, k + 1)] + [
-              "logit_norm"]
+              "logit_norm", "jvp_rel", "sigma1_rel"]
   rows = [[f"CNN λ = {w:g}"] + [ms(cnn[q][:, j]) for q in cols]
           for j, w in enumerate(weights)]
   rows.append(["G-CNN"] + [ms(gcnn[q]) for q in cols])
@@ -536,8 +552,9 @@ def summarize(config: _runner.Config, table, outdir) -> dict:
                 "yes" if ok[q] else "no"] for q in NON_GROUP]
   test_rows += [[q, ", ".join(f"{r:.2f}" for r in spearman[q]["per_seed"]),
                  spearman[q]["pooled"], spearman[q]["pvalue"],
-                 gcnn[q].mean() / cnn[q][:, 0].mean(), "", "(group)"]
-                for q in GROUP]
+                 gcnn[q].mean() / cnn[q][:, 0].mean(), "",
+                "(group)" if q in GROUP else "(scale-free)"]
+                for q in SCALE_FREE + GROUP]
 
   # Figures: every measure against λ, and the spectra.
   _runner.save_figure(outdir, "sensitivity_vs_lambda", _plot_vs_lambda(
@@ -558,12 +575,14 @@ def summarize(config: _runner.Config, table, outdir) -> dict:
       "outside the group: (a) matched-norm noise ×"
       f"{ratio['noise_rel']:.2g}, (b) ‖J u‖ ×{ratio['jvp_norm']:.2g}, "
       f"(c) σ₁ ×{ratio['sigma1']:.2g}; logit norm ×"
-      f"{ratio['logit_norm']:.2g}; clean accuracy "
+      f"{ratio['logit_norm']:.2g}; per unit of logit norm, (b) ×"
+      f"{ratio['jvp_rel']:.2g} and (c) ×{ratio['sigma1_rel']:.2g}; "
+      "clean accuracy "
       f"{cnn['accuracy'][:, 0].mean():.3f} → "
       f"{cnn['accuracy'][:, -1].mean():.3f}.",
       "Spearman ρ(λ, m), pooled over cells: " + ", ".join(
           f"{q} {spearman[q]['pooled']:.2f} (p = {spearman[q]['pvalue']:.2g})"
-          for q in NON_GROUP + GROUP) + ".",
+          for q in NON_GROUP + SCALE_FREE + GROUP) + ".",
       "G-CNN / unregularized CNN: " + ", ".join(
           f"{q} {gcnn[q].mean() / cnn[q][:, 0].mean():.2g} (Welch one-sided "
           f"p(G-CNN < CNN) = {welch[q]['p_less']:.2g})" for q in NON_GROUP)
@@ -582,7 +601,8 @@ def summarize(config: _runner.Config, table, outdir) -> dict:
               f"{config.n_spectral})",
               ["model", "clean acc", "rot90 acc", "LI", "NV", "rot rel",
                "(a) noise rel", "(b) ‖J u‖"]
-              + [f"(c) σ{i}" for i in range(1, k + 1)] + ["‖f(x)‖"], rows),
+              + [f"(c) σ{i}" for i in range(1, k + 1)]
+              + ["‖f(x)‖", "(b) / ‖f‖", "(c) σ1 / ‖f‖"], rows),
           _runner.table(
               "Decision: Spearman ρ(λ, m) of the CNN (per seed; pooled, "
               "two-sided p) and the G-CNN against the λ = 0 CNN",
