@@ -19,7 +19,7 @@ if str(REPO) not in sys.path:
 
 import invjax  # pylint: disable=g-import-not-at-top
 from experiments import _runner  # pylint: disable=g-import-not-at-top
-from experiments import spectral_decay as exp  # pylint: disable=g-import-not-at-top
+from experiments import spectral_decay as exp  # pylint: disable=C0413
 
 NAME = "spectral_decay"
 
@@ -179,9 +179,21 @@ def test_smoke_run(smoke):
   saved = _runner.cell_results(outdir, cell)["sensitivity"][0]
   got = np.asarray(saved.per_activation["sigma1"])[0]
   assert got == pytest.approx(sigma[0], rel=1e-3)
+  per_image = {k: np.asarray(v, np.float64)
+               for k, v in saved.per_activation.items()}
   assert saved.per_layer["sigma1"] == pytest.approx(
-      np.asarray(saved.per_activation["sigma1"], np.float64).mean(),
-      rel=1e-12)
+      per_image["sigma1"].mean(), rel=1e-12)
+  # The scale-free (b) and (c) of the summary, from the per-image values.
+  rec = metrics["cells"]["cnn/0/0"]
+  norm = per_image["logit_norm"]
+  assert rec["jvp_rel"] == pytest.approx(
+      (per_image["jvp_norm"] / norm).mean(), rel=1e-12)
+  assert rec["sigma1_rel"] == pytest.approx(
+      (per_image["sigma1"] / norm[:config.n_spectral]).mean(), rel=1e-12)
+  # ‖f(x)‖ of the same images, recomputed from the checkpoint.
+  logits = np.asarray(model.apply(variables, test_x), np.float64)
+  np.testing.assert_allclose(norm, np.linalg.norm(logits, axis=1),
+                             rtol=1e-4)
 
   last = summary["findings"][-1]
   assert last.endswith(("held.", "did not hold.")) or "partly:" in last
