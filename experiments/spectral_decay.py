@@ -67,7 +67,7 @@ hold." if (i) holds for none; otherwise "partly: ...".
 
 Runtime: CPU full (MNIST, 4,000 training images, 250 steps of 32 images,
 C = 8; the G-CNN 500 steps; 500 measured images, 32 for the spectrum;
-2 seeds × (5 λ + G-CNN) = 12 cells): 2.6 min on 2 CPU cores (the committed
+2 seeds × (5 λ + G-CNN) = 12 cells): 2.4 min on 2 CPU cores (the committed
 run, 9–20 s per cell, on a machine that had gone nearly idle; the same run
 took 14 min under a load average of 12–14); smoke mode 17 s (cold compile
 cache, 2 nearly idle cores). GPU preset (60,000 images, 3,000 steps of
