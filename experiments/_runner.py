@@ -64,6 +64,7 @@ REGISTRY = {
     "shared_invariance": "experiments.shared_invariance",
     "seeds_vs_shift": "experiments.seeds_vs_shift",
     "pretrained_init": "experiments.pretrained_init",
+    "spectral_decay": "experiments.spectral_decay",
     "shared_invariance_matrix": "experiments.shared_invariance_matrix",
 }
 
