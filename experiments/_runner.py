@@ -62,6 +62,7 @@ REGISTRY = {
     "architectures_cifar10": "experiments.architectures_cifar10",
     "genuine_invariance": "experiments.genuine_invariance",
     "shared_invariance": "experiments.shared_invariance",
+    "design_vs_training": "experiments.design_vs_training",
 }
 
 # Keys every config has; the runner and `fit` read them.
@@ -312,11 +313,15 @@ def load_digit_data(config: Mapping[str, Any]):
 
 def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
         seed: int | None = None, augment=None, regularizer=None,
-        steps: int | None = None, seeds: Sequence[int] | None = None):
+        steps: int | None = None, seeds: Sequence[int] | None = None,
+        learning_rate: float | None = None, schedule: str | None = None,
+        optimizer: str = "adam", momentum: float = 0.9):
   """Trains ``model`` with `invjax.train.fit` in ``outdir/checkpoints/label``.
 
   ``seeds`` instead of ``seed`` trains an ensemble, one member per seed, as
-  one vmapped program (`invjax.train.fit(..., seeds=)`).
+  one vmapped program (`invjax.train.fit(..., seeds=)`). ``learning_rate``
+  and ``schedule`` default to the config's; ``optimizer`` and ``momentum``
+  are `invjax.train.TrainConfig`'s.
 
   Returns:
     The trained variables (with ``seeds``: stacked, leading axis K).
@@ -325,8 +330,10 @@ def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
   steps = int(config["steps"] if steps is None else steps)
   cfg = T.TrainConfig(
       steps=steps, batch_size=int(config["batch_size"]),
-      learning_rate=float(config["learning_rate"]),
-      schedule=config.get("schedule", "cosine"),
+      learning_rate=float(config["learning_rate"] if learning_rate is None
+                          else learning_rate),
+      schedule=schedule or config.get("schedule", "cosine"),
+      optimizer=optimizer, momentum=float(momentum),
       seed=0 if seeds is not None else int(seed),
       augment=augment, regularizer=regularizer,
       log_every=max(1, min(50, steps)))
