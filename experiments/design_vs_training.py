@@ -63,12 +63,14 @@ Data: ``n_train`` stratified MNIST training images (default 3,000) and
 or ``../shared/data``; ``--set dataset=digits`` uses scikit-learn's
 bundled digits as the other digit experiments (smoke mode does).
 
-Runtime: CPU full (4 architectures × 3 trainings × 2 seeds = 24 profiles,
-widths 8, 200 steps, 200 images × 16 rotations): about 5 min on 2 CPU
-cores, most of it compiling and training ResNet18; smoke mode (SimpleConv
-and AllConvolutional only) about 30 s. GPU preset (``preset=gpu``: 60,000
-MNIST images, the papers' MNIST widths, 3,000 steps, 5 seeds): an estimate
-of 20–30 min on one H100 (the GPU settings have not been run).
+Runtime: CPU full (4 architectures × 3 trainings × 3 seeds = 36 profiles,
+24 of them trained; widths 8, 200 steps, 200 images × 16 rotations): 175 s
+on 2 idle CPU cores with an empty compile cache (2026-12-01), most of it
+compiling and training ResNet18 and VGG16D; with ``num_seeds=2`` 136 s.
+Smoke mode (SimpleConv and AllConvolutional, 2 seeds) about 30 s. GPU
+preset (``preset=gpu``: 60,000 MNIST images, the papers' MNIST widths,
+3,000 steps, 5 seeds): an estimate of 20–30 min on one H100 (the GPU
+settings have not been run).
 
 Expected result (the paper's claim): profiles of one architecture are more
 alike than profiles of different architectures whatever the training
@@ -104,7 +106,7 @@ DEFAULTS = dict(
     n_measure=200,
     architectures=list(ARCHITECTURES),
     trainings=list(TRAININGS),
-    num_seeds=2,            # seeds seed, ..., seed + num_seeds − 1
+    num_seeds=3,            # seeds seed, ..., seed + num_seeds − 1
     simpleconv_channels=8,
     simpleconv_fc=32,
     allconv_filters=8,
@@ -136,7 +138,7 @@ SMOKE = dict(_runner.SMOKE_DIGITS, architectures=["SimpleConv",
                                                   "AllConvolutional"],
              simpleconv_channels=4, simpleconv_fc=8, allconv_filters=2,
              vgg_base=2, vgg_fc=8, resnet_width=2, num_rotations=4,
-             permutations=200)
+             num_seeds=2, permutations=200)
 del SMOKE["channels"], SMOKE["fc"]
 
 PRESETS = {
