@@ -64,7 +64,7 @@ or ``../shared/data``; ``--set dataset=digits`` uses scikit-learn's
 bundled digits as the other digit experiments (smoke mode does).
 
 Runtime: CPU full (4 architectures × 3 trainings × 3 seeds = 36 profiles,
-24 of them trained; widths 8, 200 steps, 200 images × 16 rotations): 175 s
+24 of them trained; widths 8, 200 steps, 200 images × 16 rotations): 172 s
 on 2 idle CPU cores with an empty compile cache (2026-12-01), most of it
 compiling and training ResNet18 and VGG16D; with ``num_seeds=2`` 136 s.
 Smoke mode (SimpleConv and AllConvolutional, 2 seeds) about 30 s. GPU
