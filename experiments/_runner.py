@@ -62,6 +62,7 @@ REGISTRY = {
     "architectures_cifar10": "experiments.architectures_cifar10",
     "genuine_invariance": "experiments.genuine_invariance",
     "shared_invariance": "experiments.shared_invariance",
+    "design_vs_training": "experiments.design_vs_training",
     "seeds_vs_shift": "experiments.seeds_vs_shift",
     "pretrained_init": "experiments.pretrained_init",
     "spectral_decay": "experiments.spectral_decay",
@@ -317,7 +318,9 @@ def load_digit_data(config: Mapping[str, Any]):
 def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
         seed: int | None = None, augment=None, regularizer=None,
         steps: int | None = None, seeds: Sequence[int] | None = None,
-        variables=None, loss_fn=None):
+        variables=None, loss_fn=None,
+        learning_rate: float | None = None, schedule: str | None = None,
+        optimizer: str = "adam", momentum: float = 0.9):
   """Trains ``model`` with `invjax.train.fit` in ``outdir/checkpoints/label``.
 
   ``seeds`` instead of ``seed`` trains an ensemble, one member per seed, as
@@ -325,7 +328,9 @@ def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
   starts from those weights instead of ``model.init`` (fine-tuning a
   pretrained model; with ``seeds``, stacked); the seed still sets the batch
   order and the per-step keys. ``loss_fn``: ``(logits, labels) -> scalar``
-  instead of the cross-entropy.
+  instead of the cross-entropy. ``learning_rate`` and ``schedule`` default to
+  the config's; ``optimizer`` and ``momentum`` are
+  `invjax.train.TrainConfig`'s.
 
   Returns:
     The trained variables (with ``seeds``: stacked, leading axis K).
@@ -334,8 +339,10 @@ def fit(model, config: Mapping[str, Any], images, labels, *, outdir, label: str,
   steps = int(config["steps"] if steps is None else steps)
   cfg = T.TrainConfig(
       steps=steps, batch_size=int(config["batch_size"]),
-      learning_rate=float(config["learning_rate"]),
-      schedule=config.get("schedule", "cosine"),
+      learning_rate=float(config["learning_rate"] if learning_rate is None
+                          else learning_rate),
+      schedule=schedule or config.get("schedule", "cosine"),
+      optimizer=optimizer, momentum=float(momentum),
       seed=0 if seeds is not None else int(seed),
       augment=augment, regularizer=regularizer,
       log_every=max(1, min(50, steps)))

@@ -1,6 +1,6 @@
 """Every experiment in smoke mode, end to end, plus the runner and the CLI.
 
-The smoke settings share models and batch shapes so the five runs reuse
+The smoke settings share models and batch shapes so the six runs reuse
 compiled programs; checks recompute the recorded numbers independently
 (NumPy/SciPy in float64) from the files each run wrote. Every experiment is
 a sweep: its results are in the run directory's cells (`invjax.sweep.load`).
@@ -10,6 +10,7 @@ import json
 import pathlib
 import sys
 
+import jax
 import numpy as np
 import pytest
 from scipy import stats
@@ -23,7 +24,8 @@ from experiments import _runner  # pylint: disable=g-import-not-at-top
 from invjax import cli  # pylint: disable=g-import-not-at-top
 
 NAMES = ("mnist_rotation_augmentation", "random_init_stability",
-         "architectures_cifar10", "genuine_invariance", "shared_invariance")
+         "architectures_cifar10", "genuine_invariance", "shared_invariance",
+         "design_vs_training")
 
 
 @pytest.fixture(scope="module")
@@ -316,6 +318,139 @@ def test_shared_invariance(runs):
     assert rec["cka"] == pytest.approx(_linear_cka(feats[m1], feats[m2]),
                                        abs=1e-4)
     assert 0 <= rec["m2_given_m1"] <= 1 and 0 <= rec["m1_given_m2"] <= 1
+
+
+def test_design_vs_training(runs):
+  import invjax.train as T  # pylint: disable=g-import-not-at-top
+  from experiments import design_vs_training as exp
+  outdir, summary = runs(NAMES[5])
+  metrics = _check_common(outdir, summary, NAMES[5])
+  config = exp.get_config(smoke=True)
+  keys = [tuple(k) for k in metrics["keys"]]
+  assert len(keys) == 2 * 3 * 2 == len(set(keys))
+  assert {k[0] for k in keys} == {"SimpleConv", "AllConvolutional"}
+  # Profiles: per-layer NV at 100·i/(L−1)%, linear onto 20 depths.
+  grid = np.linspace(0, 100, 20)
+  np.testing.assert_allclose(metrics["grid"], grid)
+  profiles = []
+  for (arch, training, seed), p in zip(keys, metrics["profiles"]):
+    r = _result(outdir, architecture=arch, training=training, seed=seed)
+    v = np.array([r.per_layer[l] for l in r.layers], np.float64)
+    assert np.isfinite(v).all()
+    profiles.append(np.interp(grid, np.linspace(0, 100, len(v)), v))
+    np.testing.assert_allclose(p, profiles[-1], rtol=1e-12)
+  corr = np.corrcoef(np.array(profiles))
+  np.testing.assert_allclose(metrics["correlations"], corr, atol=1e-10)
+  # The statistic: mean r within an architecture − mean r across.
+  arch = np.array([k[0] for k in keys])
+  i, j = np.triu_indices(len(keys), 1)
+  same = arch[i] == arch[j]
+  t = metrics["tests"]["all profiles"]
+  assert t["within"] == pytest.approx(corr[i, j][same].mean(), abs=1e-10)
+  assert t["across"] == pytest.approx(corr[i, j][~same].mean(), abs=1e-10)
+  assert t["num_within"] == 2 * 15 and t["num_across"] == 36
+  assert 1 / 201 <= t["pvalue"] <= 1 and t["num_permutations"] == 200
+  # Random-init vs trained pairs only.
+  rand = np.array([k[1] == "random_init" for k in keys])
+  mixed = rand[i] != rand[j]
+  t = metrics["tests"]["random init vs trained pairs"]
+  assert t["within"] == pytest.approx(corr[i, j][mixed & same].mean(),
+                                      abs=1e-10)
+  assert t["across"] == pytest.approx(corr[i, j][mixed & ~same].mean(),
+                                      abs=1e-10)
+  assert metrics["expected_held"] in (True, False)
+  # The exploratory depth ranges: the same tests on the first grid points.
+  assert set(metrics["depth_ranges"]) == {"80", "90", "95"}
+  for cut, rec in metrics["depth_ranges"].items():
+    cols = grid <= float(cut)
+    assert rec["points"] == cols.sum() == {"80": 16, "90": 18,
+                                           "95": 19}[cut]
+    c = np.corrcoef(np.array(profiles)[:, cols])
+    t = rec["random init vs trained pairs"]
+    assert t["within"] == pytest.approx(c[i, j][mixed & same].mean(),
+                                        abs=1e-10)
+    assert rec["all profiles"]["across"] == pytest.approx(
+        c[i, j][~same].mean(), abs=1e-10)
+  # The trained cells used their optimizer and schedule; the random-init
+  # cells have no training and are fit's starting point.
+  for (arch, training, seed) in keys:
+    dirs = list(outdir.glob(f"cells/*/checkpoints/{arch}_{training}_seed"
+                            f"{seed}"))
+    if training == "random_init":
+      assert not dirs
+      continue
+    (workdir,) = dirs
+    cfg = json.loads((workdir / "config.json").read_text())["config"]
+    want = exp.optimizer_settings(training, config)
+    assert cfg["optimizer"] == want["optimizer"]
+    assert cfg["schedule"] == want["schedule"]
+    assert cfg["learning_rate"] == want["learning_rate"]
+    assert cfg["seed"] == seed and cfg["augment"] is None
+  model = exp.build("SimpleConv", config)
+  x = np.zeros((1, 28, 28, 1), np.float32)
+  ours = exp.initial_variables(model, 1, x)
+  state = T.fit(model, T.TrainConfig(steps=1, learning_rate=1e-30,
+                                     optimizer="sgd", momentum=0.0, seed=1,
+                                     batch_size=1),
+                x, np.zeros(1, np.int32))
+  for a, b in zip(jax.tree.leaves(ours["params"]),
+                  jax.tree.leaves(state.variables["params"])):
+    np.testing.assert_allclose(a, b, atol=1e-20)
+  for name in ("profiles_by_architecture", "profiles_interpolated",
+               "profile_correlations"):
+    assert (outdir / f"{name}.png").stat().st_size > 1000
+
+
+def test_design_vs_training_analysis():
+  from experiments import design_vs_training as exp
+  rng = np.random.default_rng(0)
+  grid = exp.depth_grid(20)
+  # Three "architectures" with distinct shapes, four noisy profiles each.
+  shapes = [np.sin(grid / 30), np.cos(grid / 20), (grid / 100) ** 2]
+  profiles = np.array([s + 0.05 * rng.normal(size=20) for s in shapes
+                       for _ in range(4)])
+  labels = np.repeat(["a", "b", "c"], 4)
+  corr = exp.correlations(profiles)
+  np.testing.assert_allclose(corr, np.corrcoef(profiles), atol=1e-12)
+  t = exp.permutation_test(corr, labels, num_permutations=500, seed=3)
+  assert t["statistic"] > 0.5 and t["pvalue"] == pytest.approx(1 / 501)
+  assert t == exp.permutation_test(corr, labels, num_permutations=500, seed=3)
+  # Against the exact permutation distribution of a small case: 6 profiles,
+  # labels aabbcc (90 arrangements).
+  p6 = rng.normal(size=(6, 20))
+  c6 = exp.correlations(p6)
+  lab = np.array(list("aabbcc"))
+  obs = exp.permutation_test(c6, lab, num_permutations=4000, seed=1)
+  import itertools  # pylint: disable=g-import-not-at-top
+  i, j = np.triu_indices(6, 1)
+  stats_all = []
+  for perm in set(itertools.permutations(lab)):
+    perm = np.array(perm)
+    same = perm[i] == perm[j]
+    stats_all.append(c6[i, j][same].mean() - c6[i, j][~same].mean())
+  exact = np.mean(np.array(stats_all) >= obs["statistic"] - 1e-12)
+  assert obs["pvalue"] == pytest.approx(exact, abs=0.03)
+  # A constant profile has no correlation: NaN, left out of the means.
+  flat = np.vstack([profiles[:3], np.ones((1, 20))])
+  c = exp.correlations(flat)
+  assert np.isnan(c[3]).all() and np.isnan(c[:, 3]).all()
+  np.testing.assert_allclose(c[:3, :3], np.corrcoef(profiles[:3]),
+                             atol=1e-12)
+  t = exp.permutation_test(c, np.array(list("aabb")), num_permutations=10)
+  assert t["num_within"] == 1 and t["num_across"] == 2
+  # Profiles: layer values at their relative depths, non-finite skipped.
+  r = invjax.MeasureResult.from_outputs(
+      "nv", {}, {l: {"values": np.array([v])} for l, v in
+                 (("a", 1.0), ("b", np.inf), ("c", 3.0), ("d", 5.0))})
+  np.testing.assert_allclose(exp.profile(r, np.array([0, 50, 100 * 2 / 3,
+                                                        100])),
+                             [1.0, 2.5, 3.0, 5.0])
+  with pytest.raises(ValueError, match="unknown architectures"):
+    exp.get_config(architectures=["LeNet"])
+  with pytest.raises(ValueError, match="at least 2"):
+    exp.get_config(architectures=["SimpleConv"])
+  with pytest.raises(ValueError, match="at least 2 profiles"):
+    exp.get_config(trainings=["adam_cosine"], num_seeds=1)
 
 
 def test_cli(tmp_path, capsys):
