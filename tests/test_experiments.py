@@ -26,6 +26,9 @@ from invjax import cli  # pylint: disable=g-import-not-at-top
 NAMES = ("mnist_rotation_augmentation", "random_init_stability",
          "architectures_cifar10", "genuine_invariance", "shared_invariance",
          "design_vs_training")
+# The other experiments, each smoke-tested in its own tests/test_exp_*.py.
+OTHERS = ("seeds_vs_shift", "pretrained_init", "spectral_decay",
+          "shared_invariance_matrix")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,7 @@ def _check_common(outdir: pathlib.Path, summary: dict, name: str) -> dict:
 
 
 def test_registry_and_config():
-  assert _runner.names() == list(NAMES)
+  assert _runner.names() == list(NAMES + OTHERS)
   with pytest.raises(ValueError, match="mnist_rotation_augmentation"):
     _runner.get_experiment("nope")
   exp = _runner.get_experiment("mnist_rotation_augmentation")
