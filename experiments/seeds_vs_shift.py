@@ -7,12 +7,13 @@ Command::
     invjax experiment seeds_vs_shift --smoke --out /tmp/s   # digits, seconds
     invjax sweep experiments/seeds_vs_shift.py --out DIR    # cells only
 
-Sweeps dataset × training augmentation × seed. Datasets: MNIST and
-CIFAR-10 in grey (ITU-R 601 luma) resized to 28×28 (``cifar_grey``; only
+Sweeps dataset × training augmentation × seed. Datasets: MNIST, and
+CIFAR-10 resized to 28×28 in grey (ITU-R 601 luma, ``cifar_grey``) and in
+colour (``cifar_colour``, 3 channels: SimpleConv takes any number); only
 CIFAR-10's test batch is available, so its 10,000 images are split into
-training and measured images, as in `architectures_cifar10`); ``digits``
-(scikit-learn's, upsampled) stands in for MNIST in smoke mode. Both stay in
-[0, 1] and are not standardized, so zero padding is black in both.
+training and measured images, as in `architectures_cifar10`; ``digits``
+(scikit-learn's, upsampled) stands in for MNIST in smoke mode. All stay in
+[0, 1] and are not standardized, so zero padding is black in all.
 Transformation sets (`transformation_set`, ``num_transformations`` = n
 each): rotation (n angles evenly over 360°), scale (n factors, geometric in
 ``scale_range``), translation (n shifts of ``max_shift`` px in n evenly
@@ -37,8 +38,8 @@ How "held" is decided, per layer ℓ (NV per layer, S seeds per group):
 * seed spread s_g(ℓ) = the standard deviation over seeds (ddof = 1) of
   group g; seeds agree when the median, over groups and layers, of the
   coefficient of variation s_g(ℓ) / |mean_g(ℓ)| is below ``seed_cv``;
-* across datasets: for each regime and measured set, the two datasets'
-  groups; across transformation sets: for each dataset and regime, every
+* across datasets: for each regime and measured set, every pair of
+  datasets' groups; across transformation sets: for each dataset and regime, every
   pair of measured sets. For each such comparison of groups a and b,
   Welch's t-test (`invjax.significance.compare_layers`, two-sided) and
 
@@ -94,11 +95,11 @@ if _ROOT not in sys.path:
 
 from experiments import _runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-DATASETS = ("digits", "mnist", "cifar_grey")
+DATASETS = ("digits", "mnist", "cifar_grey", "cifar_colour")
 SETS = ("rotation", "scale", "translation", "affine")
 
 DEFAULTS = dict(
-    datasets=["mnist", "cifar_grey"],
+    datasets=["mnist", "cifar_grey", "cifar_colour"],
     augmentations=["none", *SETS],  # "none" or a set: the trained models
     sets=list(SETS),                 # the sets every model is measured under
     num_seeds=3,
@@ -194,19 +195,21 @@ def transformation_set(name: str, config):
 
 
 @functools.lru_cache(maxsize=4)
-def _cifar_grey(root: str, data_seed: int, n_train: int, n_measure: int):
+def _cifar(root: str, data_seed: int, n_train: int, n_measure: int,
+           colour: bool):
   import jax  # pylint: disable=g-import-not-at-top
   from invjax import data  # pylint: disable=g-import-not-at-top
   x, y = data.load_cifar10("test", data_dir=root, download=False)
-  # ITU-R 601 luma, the usual RGB -> grey weights (as genuine_invariance).
-  grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
-  grey = np.asarray(jax.image.resize(grey[..., None], (len(x), 28, 28, 1),
-                                     "linear")).clip(0.0, 1.0)
+  if not colour:
+    # ITU-R 601 luma, the usual RGB -> grey weights (as genuine_invariance).
+    x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+  x = np.asarray(jax.image.resize(x, (len(x), 28, 28, x.shape[-1]),
+                                  "linear")).clip(0.0, 1.0)
   test = data.stratified_indices(y, n_measure, seed=data_seed)
   rest = np.setdiff1d(np.arange(len(y)), test)
   if n_train and n_train < len(rest):
     rest = rest[data.stratified_indices(y[rest], n_train, seed=data_seed + 1)]
-  return grey[rest], y[rest], grey[test], y[test]
+  return x[rest], y[rest], x[test], y[test]
 
 
 @functools.lru_cache(maxsize=4)
@@ -224,8 +227,8 @@ def load_data(config):
   """
   key = (str(_runner.data_dir(config)), int(config.data_seed),
          int(config.n_train), int(config.n_measure))
-  if config.dataset == "cifar_grey":
-    return _cifar_grey(*key)
+  if config.dataset in ("cifar_grey", "cifar_colour"):
+    return _cifar(*key, colour=config.dataset == "cifar_colour")
   return _digit_data(config.dataset, *key)
 
 
