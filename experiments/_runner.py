@@ -39,6 +39,7 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -772,3 +773,44 @@ def run_experiment(name: str, *, smoke: bool = False, out: Any = None,
   finally:
     _VERBOSE[0] = previous
   return outdir, summary
+
+
+# ----------------------------------------------------------------------------
+# Cached datasets for experiments whose cells share them.
+# ----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def cached_digit_data(dataset: str, root: str, data_seed: int, n_train: int,
+                      n_measure: int):
+  """`load_digit_data` by value, cached per process (cells share it)."""
+  return load_digit_data(dict(
+      dataset=dataset, data_dir=root, data_seed=data_seed, n_train=n_train,
+      n_measure=n_measure))
+
+
+@functools.lru_cache(maxsize=4)
+def cifar10_28(root: str, data_seed: int, n_train: int, n_measure: int,
+               colour: bool = False):
+  """CIFAR-10's test batch at 28×28 in [0, 1], split, cached per process.
+
+  ``n_measure`` class-stratified images are held out (seed ``data_seed``)
+  and at most ``n_train`` of the rest train (seed ``data_seed + 1``), as
+  `architectures_cifar10` splits the one batch available. Grey is ITU-R 601
+  luma (as `genuine_invariance`), one channel; ``colour`` keeps RGB.
+
+  Returns:
+    ``(train_x, train_y, measure_x, measure_y)``.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from invjax import data  # pylint: disable=g-import-not-at-top
+  x, y = data.load_cifar10("test", data_dir=root, download=False)
+  if not colour:
+    x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+  x = np.asarray(jax.image.resize(x, (len(x), 28, 28, x.shape[-1]),
+                                  "linear")).clip(0.0, 1.0)
+  test = data.stratified_indices(y, n_measure, seed=data_seed)
+  rest = np.setdiff1d(np.arange(len(y)), test)
+  if n_train and n_train < len(rest):
+    rest = rest[data.stratified_indices(y[rest], n_train, seed=data_seed + 1)]
+  return x[rest], y[rest], x[test], y[test]

@@ -97,7 +97,6 @@ not the same as the pretrained one.
 
 from __future__ import annotations
 
-import functools
 import pathlib
 import sys
 
@@ -191,41 +190,13 @@ def other_task(task: str) -> str:
   return TASKS[1 - TASKS.index(task)]
 
 
-@functools.lru_cache(maxsize=4)
-def _cifar_grey(root: str, n_train: int, n_measure: int, seed: int):
-  import jax  # pylint: disable=g-import-not-at-top
-  from invjax import data  # pylint: disable=g-import-not-at-top
-  x, y = data.load_cifar10("test", data_dir=root, download=False)
-  test = data.stratified_indices(y, n_measure, seed=seed)
-  rest = np.setdiff1d(np.arange(len(y)), test)
-  if n_train and n_train < len(rest):
-    rest = rest[data.stratified_indices(y[rest], n_train, seed=seed + 1)]
-  # ITU-R 601 luma, the usual RGB -> grey weights (as genuine_invariance).
-  grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
-
-  def resize(idx):
-    small = jax.image.resize(grey[idx, :, :, None], (len(idx), 28, 28, 1),
-                             "linear")
-    return np.clip(np.asarray(small, np.float32), 0.0, 1.0)
-
-  return resize(rest), y[rest], resize(test), y[test]
-
-
-@functools.lru_cache(maxsize=4)
-def _digits(root: str, dataset: str, n_train: int, n_measure: int,
-            seed: int):
-  return _runner.load_digit_data(dict(
-      data_dir=root, dataset=dataset, n_train=n_train, n_measure=n_measure,
-      data_seed=seed))
-
-
 def load_task(config, task: str):
   """``(train_x, train_y, test_x, test_y)`` of a task (cached per process)."""
-  root = str(_runner.data_dir(config))
-  args = (int(config.n_train), int(config.n_measure), int(config.data_seed))
+  key = (str(_runner.data_dir(config)), int(config.data_seed),
+         int(config.n_train), int(config.n_measure))
   if task == "mnist":
-    return _digits(root, config.dataset, *args)
-  return _cifar_grey(root, *args)
+    return _runner.cached_digit_data(config.dataset, *key)
+  return _runner.cifar10_28(*key)
 
 
 def build(config):

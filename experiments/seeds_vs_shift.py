@@ -86,7 +86,6 @@ Expected result (Quiroga, Torrents-Barrena, Lanzarini, Puig,
 
 from __future__ import annotations
 
-import functools
 import itertools
 import pathlib
 import sys
@@ -200,32 +199,6 @@ def transformation_set(name: str, config):
                    f"{list(SETS)}")
 
 
-@functools.lru_cache(maxsize=4)
-def _cifar(root: str, data_seed: int, n_train: int, n_measure: int,
-           colour: bool):
-  import jax  # pylint: disable=g-import-not-at-top
-  from invjax import data  # pylint: disable=g-import-not-at-top
-  x, y = data.load_cifar10("test", data_dir=root, download=False)
-  if not colour:
-    # ITU-R 601 luma, the usual RGB -> grey weights (as genuine_invariance).
-    x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
-  x = np.asarray(jax.image.resize(x, (len(x), 28, 28, x.shape[-1]),
-                                  "linear")).clip(0.0, 1.0)
-  test = data.stratified_indices(y, n_measure, seed=data_seed)
-  rest = np.setdiff1d(np.arange(len(y)), test)
-  if n_train and n_train < len(rest):
-    rest = rest[data.stratified_indices(y[rest], n_train, seed=data_seed + 1)]
-  return x[rest], y[rest], x[test], y[test]
-
-
-@functools.lru_cache(maxsize=4)
-def _digit_data(dataset: str, root: str, data_seed: int, n_train: int,
-                n_measure: int):
-  return _runner.load_digit_data(dict(
-      dataset=dataset, data_dir=root, data_seed=data_seed, n_train=n_train,
-      n_measure=n_measure))
-
-
 def load_data(config):
   """``(train_x, train_y, measure_x, measure_y)`` of ``config.dataset``.
 
@@ -234,8 +207,8 @@ def load_data(config):
   key = (str(_runner.data_dir(config)), int(config.data_seed),
          int(config.n_train), int(config.n_measure))
   if config.dataset in ("cifar_grey", "cifar_colour"):
-    return _cifar(*key, colour=config.dataset == "cifar_colour")
-  return _digit_data(config.dataset, *key)
+    return _runner.cifar10_28(*key, colour=config.dataset == "cifar_colour")
+  return _runner.cached_digit_data(config.dataset, *key)
 
 
 def run(config, outdir) -> dict:
