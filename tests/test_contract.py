@@ -12,7 +12,10 @@ pairwise normalization). On a small random (B, T, h, w, c) block:
 (c) a second `invjax.measure` call does not recompile;
 (d) the block value is differentiable (finite gradients) where the docs say
     so, including at invariant and constant units;
-(e) a bad setting is a ValueError.
+(e) a bad setting is a ValueError;
+(f) a unit-wise measure (`base.Unitwise`) gives each of two layers laid side
+    by side on one state, as the engine lays them (reduce on each layer's
+    slice, one fold, one finalize), what `update` gives it alone.
 """
 
 import inspect
@@ -27,6 +30,7 @@ import invjax
 from invjax import measures as ms
 from invjax import transforms as tr
 from invjax._src import base
+from invjax._src import units
 
 # Public callables of `invjax.measures` that need arguments and are not
 # streamed measure factories (each takes a network or numbers, not settings).
@@ -229,6 +233,76 @@ def test_block_value_is_differentiable(case):
   assert g.shape == x.shape
   assert np.all(np.isfinite(np.asarray(g))), _id(case)
   assert np.any(np.asarray(g) != 0), _id(case)
+
+
+def _alone(m: base.Measure, x, ident, mask):
+  """One layer's outputs through `update`, pass by pass."""
+  b, t = x.shape[:2]
+  spec = base.LayerSpec("layer", tuple(x.shape[2:]), x.dtype, t, t, b)
+  state = m.init(spec)
+  for p in range(m.requires.passes):
+    state = m.update(state, _block(x, ident, p)._replace(mask=mask))
+    if m.end_pass is not None:
+      state = m.end_pass(state, p)
+  return m.finalize(state, spec)
+
+
+def _side_by_side(m: base.Measure, layers):
+  """Every layer's outputs from one state over all their units."""
+  b, t = layers[0][0].shape[:2]
+  specs = {f"l{i}": base.LayerSpec(f"l{i}", tuple(x.shape[2:]), x.dtype, t,
+                                   t, b) for i, (x, _, _) in enumerate(layers)}
+  lay = units.layout(list(specs), specs)
+  state = units.widen(m.init(units.flat_spec(specs["l0"], lay)), lay.total,
+                      m.name)
+  for p in range(m.requires.passes):
+    parts = []
+    for (x, ident, mask), (_, offset, size) in zip(layers, lay.slices()):
+      block = _block(units.flatten(x, 2), units.flatten(ident, 1), p)
+      parts.append(units.widen(m.unitwise.reduce(
+          units.take(state, offset, size), block._replace(mask=mask)),
+                               size, m.name))
+    where = _block(layers[0][0], None, p)._replace(x=None, mask=None)
+    state = m.unitwise.fold(state, units.join(parts), where)
+    if m.end_pass is not None:
+      state = m.end_pass(state, p)
+  whole = m.finalize(state, units.flat_spec(specs["l0"], lay))
+  return {l: units.unflatten(units.take(dict(whole), offset, size), size,
+                             specs[l].shape, m.name)
+          for l, offset, size in lay.slices()}
+
+
+UNITWISE = [c for c in CASES if FACTORIES[c[0]](**c[1]).unitwise is not None]
+
+
+@pytest.mark.parametrize("case", UNITWISE, ids=_id)
+def test_unitwise_layers_side_by_side_equal_each_alone(case):
+  name, kw = case
+  m = FACTORIES[name](**kw)
+  x, ident = _data()
+  rng = np.random.default_rng(3)
+  y = jnp.asarray(rng.normal(size=(B, T, 5)).astype(np.float32) * 3 + 1)
+  y_ident = jnp.asarray(rng.normal(size=(B, 5)).astype(np.float32))
+  # Layers leave out different samples (as the engine's finiteness masks
+  # do), so their counts differ along the shared unit axis.
+  all_in = jnp.ones((B,), bool)
+  some_out = all_in.at[jnp.array([1, 6])].set(False)
+  layers = [(x, ident, all_in), (y, y_ident, some_out)]
+  joined = jax.jit(lambda: _side_by_side(m, layers))()
+  for i, (xi, ii, mask) in enumerate(layers):
+    alone = _alone(m, xi, ii, mask)
+    assert set(joined[f"l{i}"]) == set(alone)
+    for key in alone:
+      _close(joined[f"l{i}"][key], alone[key], f"{_id(case)}: l{i} {key}")
+
+
+def test_unitwise_covers_the_variance_anova_and_goodfellow_families():
+  names = {c[0] for c in UNITWISE}
+  assert {"normalized_variance", "transformation_variance",
+          "sample_variance", "normalized_variance_same_equivariance",
+          "anova", "anova_f", "goodfellow"} <= names
+  assert ms.goodfellow(threshold="quantile").unitwise is None
+  assert ms.normalized_variance(implementation="pallas").unitwise is None
 
 
 @pytest.mark.parametrize(

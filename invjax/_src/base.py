@@ -5,6 +5,8 @@ statistics*, in the spirit of optax's `GradientTransformation`:
 
     state = measure.init(spec)                  # per layer
     state = measure.update(state, block)        # block.x: (B, T, *shape)
+      # = measure.unitwise.fold(state, measure.unitwise.reduce(state, block),
+      #                         block), where the units are independent
     state = measure.merge(state_a, state_b)     # disjoint sample sets
     outputs = measure.finalize(state, spec)     # {"values": (*shape), ...}
 
@@ -41,6 +43,9 @@ class LayerSpec(NamedTuple):
     num_padded_transformations: T rounded up to a multiple of the transform
       chunk; rows past T are padding (`Block.t_mask` is False there).
     batch_size: B, the number of samples in every block.
+    layer_sizes: for the flat spec of several layers' units side by side
+      (a `Unitwise` measure's state), each layer's number of units, in
+      order; () for one layer.
   """
   name: str
   shape: tuple[int, ...]
@@ -48,6 +53,7 @@ class LayerSpec(NamedTuple):
   num_transformations: int
   num_padded_transformations: int
   batch_size: int
+  layer_sizes: tuple[int, ...] = ()
 
 
 class Block(NamedTuple):
@@ -109,6 +115,39 @@ class Requirements(NamedTuple):
   shardable: bool = True
 
 
+class Unitwise(NamedTuple):
+  """`Measure.update` split at the unit axis, for measures whose units are
+  independent (each unit's statistics read only that unit's activations).
+
+  ``update(state, block) == fold(state, reduce(state, block), block)``, where
+  ``reduce`` reads the tile and returns per-unit statistics of it (a
+  "partial") and ``fold`` merges them into the state. The engine calls both
+  on flat layers: ``spec.shape == (F,)``, ``block.x`` (B, Tc, F),
+  ``block.untransformed`` (B, F). It keeps one state for all of a measure's
+  layers, their units side by side, calls ``reduce`` on each layer's slice
+  of the state and ``fold`` once on all units: the merge's kernels are
+  compiled once per measure instead of once per layer shape (XLA:CPU does
+  not share identical kernels between layers), which is most of a measure
+  program's compile time.
+
+  For that, every leaf of the state and of a partial ends with the unit
+  axis, of size F or of size 1 when all units share the value (a count): the
+  engine broadcasts the size-1 ones, places layers side by side along it and
+  slices it. ``fold`` must not read ``block.x``, ``block.untransformed``,
+  ``block.mask`` or ``block.labels`` (None there): what depends on them
+  belongs to the partial. ``end_pass`` works unit by unit, and ``finalize``
+  too: the engine finalizes all layers' units in one call, with a flat spec
+  whose ``layer_sizes`` says which units are whose (ANOVA's Bonferroni level
+  depends on the layer's size), and expects (F,) outputs.
+
+  Attributes:
+    reduce: ``(state, Block) -> partial``.
+    fold: ``(state, partial, Block) -> state``.
+  """
+  reduce: Callable[[State, Block], Any]
+  fold: Callable[[State, Any, Block], State]
+
+
 class Measure(NamedTuple):
   """A measure as pure functions over mergeable per-layer statistics.
 
@@ -140,6 +179,8 @@ class Measure(NamedTuple):
       is left out of the class average, with a note), and `measure_block`
       on its batch; `__call__`, the bare maths, follows the single-row rule
       instead (a statistic over ≤ ddof values is 0). See `size_check`.
+    unitwise: optional `Unitwise` split of ``update``, which the engine
+      uses to compile the measure once for all layers.
   """
   name: str
   init: Callable[[LayerSpec], State]
@@ -150,6 +191,7 @@ class Measure(NamedTuple):
   requires: Requirements = Requirements()
   end_pass: Callable[[State, int], State] | None = None
   check: Callable[[int, int], None] | None = None
+  unitwise: Unitwise | None = None
 
   @property
   def key(self) -> tuple[Any, ...]:

@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from invjax._src import base
 from invjax._src import transforms
+from invjax._src import units
 
 
 def row_major(x: jax.Array) -> jax.Array:
@@ -54,6 +55,13 @@ class Plan:
     return [l for l in self.layers
             if self.spatial[l] or not m.requires.inverse]
 
+  def unit_layout(self, m: base.Measure) -> units.Layout | None:
+    """The shared unit axis of a unit-wise measure's layers, else None."""
+    layers = self.layers_for(m)
+    if m.unitwise is None or not layers:
+      return None
+    return units.layout(layers, self.specs)
+
 
 def build_program(plan: Plan):
   """The pure functions of a measure run, to be jitted by `Programs`.
@@ -64,6 +72,9 @@ def build_program(plan: Plan):
   -> (states, counts, samples)`` (samples: a small output to wait on);
   ``end_pass(g)``, ``states -> states``; ``has_end_pass(g)``; and
   ``finalize(states) -> [{layer: outputs}]``.
+
+  A measure's states are ``{layer: state}``, or, for a unit-wise measure
+  (`base.Unitwise`), one state over all its layers' units (`units`).
   """
   acts, action, measures = plan.acts, plan.ts.action, plan.measures
   b, tc, nc, k = plan.b, plan.tc, plan.nc, plan.num_classes
@@ -91,22 +102,47 @@ def build_program(plan: Plan):
       raise ValueError(f"the activations function did not return {missing}")
     return {l: out[l] for l in layers}
 
-  def init_state(m):
-    states = {}
-    for l in plan.layers_for(m):
-      s = m.init(plan.specs[l])
-      if k:
-        s = jax.tree.map(lambda v: jnp.broadcast_to(v, (k,) + v.shape), s)
-      states[l] = s
-    return states
+  # A unit-wise measure keeps one state for all its layers (`units`).
+  unit_layouts = [plan.unit_layout(m) for m in measures]
 
-  def update(m, state, block):
+  def stack_classes(s):
     if not k:
-      return m.update(state, block)
+      return s
+    return jax.tree.map(lambda v: jnp.broadcast_to(v, (k,) + v.shape), s)
+
+  def init_state(m, lay):
+    if lay is not None:
+      spec = units.flat_spec(plan.specs[lay.layers[0]], lay)
+      return stack_classes(units.widen(m.init(spec), lay.total, m.name))
+    return {l: stack_classes(m.init(plan.specs[l]))
+            for l in plan.layers_for(m)}
+
+  def per_class(fn, state, block):
+    """fn(state, block), or over each class's state and samples."""
+    if not k:
+      return fn(state, block)
     class_masks = (block.labels[None, :] == jnp.arange(k)[:, None]) & (
         block.mask[None, :])
-    return jax.vmap(lambda s, cm: m.update(s, block._replace(mask=cm)))(
+    return jax.vmap(lambda s, cm: fn(s, block._replace(mask=cm)))(
         state, class_masks)
+
+  def update(m, state, block):
+    return per_class(m.update, state, block)
+
+  def update_units(m, lay, state, block_of):
+    """One unit-wise update of all of m's layers: a reduce per layer, on
+    its slice of the state, and one fold of the joined partials."""
+    parts = []
+    for l, offset, size in lay.slices():
+      part = per_class(m.unitwise.reduce, units.take(state, offset, size),
+                       block_of(l))
+      parts.append(units.widen(part, size, m.name))
+    # The fold reads the chunk's position only: the tiles are in the parts.
+    where = block_of(lay.layers[0])._replace(x=None, mask=None, labels=None,
+                                             untransformed=None)
+    joined = units.join(parts)
+    fold = lambda s, p: m.unitwise.fold(s, p, where)
+    return jax.vmap(fold)(state, joined) if k else fold(state, joined)
 
   def local_pass(m, g):
     """Measure m's own pass at global pass g, or None when m is idle.
@@ -154,21 +190,27 @@ def build_program(plan: Plan):
   def update_all(states, g, src_of, untransformed, masks, labels, t_index,
                  t_mask, first, last):
     new_states = []
-    for m, st in zip(measures, states):
+    for m, lay, st in zip(measures, unit_layouts, states):
       p = local_pass(m, g)
       if p is None:
         new_states.append(st)
         continue
       src = src_of(m, p)
-      st = dict(st)
-      for l in st:
-        block = base.Block(
-            x=None if src is None else src[l], mask=masks[l], t_index=t_index,
-            t_mask=t_mask, first=first, last=last, labels=labels,
-            untransformed=None if untransformed is None else untransformed[l],
-            pass_index=p,
+
+      def block_of(l, flat=False):
+        x = None if src is None else src[l]
+        ident = None if untransformed is None else untransformed[l]
+        if flat:
+          x, ident = units.flatten(x, 2), units.flatten(ident, 1)
+        return base.Block(
+            x=x, mask=masks[l], t_index=t_index, t_mask=t_mask, first=first,
+            last=last, labels=labels, untransformed=ident, pass_index=p,
             whole_orbit=nc == 1)
-        st[l] = update(m, st[l], block)
+
+      if lay is not None:
+        st = update_units(m, lay, st, lambda l: block_of(l, flat=True))
+      else:
+        st = {l: update(m, s, block_of(l)) for l, s in st.items()}
       new_states.append(st)
     return new_states
 
@@ -240,7 +282,7 @@ def build_program(plan: Plan):
     return jax.vmap(fn) if members else fn
 
   def init_program():
-    states = [init_state(m) for m in measures]
+    states = [init_state(m, lay) for m, lay in zip(measures, unit_layouts)]
     counts = {l: jnp.zeros((max(k, 1),), jnp.int32) for l in layers}
     if members:
       states, counts = jax.tree.map(
@@ -276,8 +318,9 @@ def build_program(plan: Plan):
   def end_all(g):
     @per_member
     def end_pass_program(states):
-      return [{l: end_pass(m, s, g) for l, s in st.items()}
-              for m, st in zip(measures, states)]
+      return [end_pass(m, st, g) if lay is not None else
+              {l: end_pass(m, s, g) for l, s in st.items()}
+              for m, lay, st in zip(measures, unit_layouts, states)]
     return end_pass_program
 
   @per_member
@@ -286,12 +329,33 @@ def build_program(plan: Plan):
       if k:
         return jax.vmap(lambda s: m.finalize(s, spec))(s)
       return m.finalize(s, spec)
-    return [{l: dict(finalize(m, s, plan.specs[l])) for l, s in st.items()}
-            for m, st in zip(measures, states)]
+
+    def finalize_units(m, lay, st):
+      # All layers at once; `split_outputs` cuts them apart on the host.
+      spec = units.flat_spec(plan.specs[lay.layers[0]], lay)
+      return dict(finalize(m, st, spec))
+
+    return [finalize_units(m, lay, st) if lay is not None else
+            {l: dict(finalize(m, s, plan.specs[l])) for l, s in st.items()}
+            for m, lay, st in zip(measures, unit_layouts, states)]
+
+  def split_outputs(outputs):
+    """Host copies of finalize's outputs as ``[{layer: outputs}]``."""
+    split = []
+    for m, lay, out in zip(measures, unit_layouts, outputs):
+      if lay is not None:
+        whole = units.unflatten(out, lay.total, (lay.total,), m.name)
+        out = {l: units.unflatten(
+            {key: v[..., offset:offset + size] for key, v in whole.items()},
+            size, plan.specs[l].shape, m.name)
+               for l, offset, size in lay.slices()}
+      split.append(out)
+    return split
 
   return types.SimpleNamespace(init=init_program, step=step,
                                end_pass=end_all, has_end_pass=has_end_pass,
-                               finalize=finalize_program)
+                               finalize=finalize_program,
+                               split_outputs=split_outputs)
 
 
 class Programs:
@@ -316,9 +380,18 @@ class Programs:
       self._jit = functools.partial(jax.jit, out_shardings=rep)
     self._has_labels = plan.has_labels
     self.init = self._jit(self._fns.init)
-    self.finalize = (jax.jit(self._fns.finalize) if mesh is None else
-                     jax.jit(self._fns.finalize, in_shardings=(self.rep,),
-                             out_shardings=self.rep))
+    self._finalize = (jax.jit(self._fns.finalize) if mesh is None else
+                      jax.jit(self._fns.finalize, in_shardings=(self.rep,),
+                              out_shardings=self.rep))
+
+  def finalize(self, states) -> list[dict]:
+    """The finalized outputs, ``[{layer: outputs}]``, copied to the host.
+
+    A unit-wise measure is finalized on all its layers' units at once and
+    cut into layers here, in NumPy: slicing on the device would compile a
+    kernel per layer and output.
+    """
+    return self._fns.split_outputs(jax.device_get(self._finalize(states)))
 
   def step(self, g: int):
     fn = self._steps.get(g)

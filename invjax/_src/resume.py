@@ -83,6 +83,9 @@ def data_fingerprint(images: Any, labels: Any, first_batch: Any) -> dict:
           "labels": None if labels is None else _digest(labels)}
 
 
+STATE_LAYOUT = 2
+
+
 def record(*, acts: Any, specs: dict, measures: list, transformations: Any,
            data: dict, settings: dict) -> dict:
   """The JSON record of what a measurement computes, for `check_record`.
@@ -92,6 +95,10 @@ def record(*, acts: Any, specs: dict, measures: list, transformations: Any,
   not looked into.
   """
   return {
+      # The layout of the saved states: 2 since unit-wise measures keep one
+      # state for all their layers (`units`); checkpoints of another layout
+      # cannot be restored.
+      "state_layout": STATE_LAYOUT,
       "model": {"description": acts.description,
                 "params": _digest(acts.params),
                 "layers": [[l, list(s.shape), str(s.dtype)]

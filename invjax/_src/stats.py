@@ -7,12 +7,13 @@ statistics with the pairwise update of Chan, Golub & LeVeque (1979):
     μ = μ_a + δ·n_b/n,   M2 = M2_a + M2_b + δ²·n_a·n_b/n.
 
 Each block's own mean and M2 come from one read of the block as sums of
-data shifted close to their mean (Chan et al.'s "shifted data" form; see
-`block_moments`). A `Moments` keeps that shift and the mean's small offset
-from it apart, so merges subtract nearby shifts exactly (Sterbenz) instead of
-rounding means of large magnitude: accumulating in float32 stays accurate to
-~1e-6 relative without float64, also for activations far from zero
-(`tests/test_engine.py` checks offset/σ up to 1e6).
+data shifted close to their mean (Chan et al.'s "shifted data" form; on CPU
+Welford's update of the shifted data; see `block_moments`). A `Moments`
+keeps that shift and the mean's small offset from it apart, so merges
+subtract nearby shifts exactly (Sterbenz) instead of rounding means of large
+magnitude: accumulating in float32 stays accurate to ~1e-6 relative
+without float64, also for activations far from zero (`tests/test_engine.py`
+checks offset/σ up to 1e6).
 
 Masks select, never multiply: a masked-out row (padding, another class, a
 sample with non-finite activations) never reaches a sum, so a NaN there
@@ -138,10 +139,11 @@ def moments_from_sums(n: Array, shift: Array, s1: Array, s2: Array) -> Moments:
 
 
 def block_moments(x: Array, weights: Array, axis: int) -> Moments:
-  """Masked moments of `x` along `axis` from one read of shifted sums.
+  """Masked moments of `x` along `axis` from one read of shifted data.
 
-  With d = x − c for a shift c near the mean (`block_shift`),
-  M2 = Σd² − (Σd)²/n loses only ~eps·(1 + (μ − c)²/σ²) relative in float32.
+  On accelerators from the sums of d = x − c for a shift c near the mean
+  (`block_shift`): M2 = Σd² − (Σd)²/n loses only ~eps·(1 + (μ − c)²/σ²)
+  relative in float32. On CPU by Welford's update (`_welford`).
 
   Args:
     x: array of any shape.
@@ -152,6 +154,12 @@ def block_moments(x: Array, weights: Array, axis: int) -> Moments:
     Moments with that axis removed; count is a scalar.
   """
   w = weights.astype(x.dtype)
+  return jax.lax.platform_dependent(
+      x, w, cpu=lambda x, w: _welford(x, w, axis),
+      default=lambda x, w: _shifted_sums(x, w, axis))
+
+
+def _shifted_sums(x: Array, w: Array, axis: int) -> Moments:
   shift = block_shift(x, w, axis)
   # In the reduction branch the closure sees x's full shape: put the reduced
   # axis back into the slice-shaped shift.
@@ -164,6 +172,44 @@ def block_moments(x: Array, weights: Array, axis: int) -> Moments:
   # One read of x for both sums (one fused reduction on accelerators).
   s1, s2 = weighted_sum(x, w, axis, shifted_powers)
   return moments_from_sums(jnp.sum(w), shift, s1, s2)
+
+
+def _welford(x: Array, w: Array, axis: int) -> Moments:
+  """`block_moments` on CPU: Welford's update, one slice of x at a time.
+
+  d = x − c with c the first valid slice (exact for nearby values, so a row
+  constant over its valid entries has M2 = 0 exactly), then per slice k
+  (West's weighted form):
+
+      n += w_k,  δ = d_k − μ,  μ += δ·w_k/n,  M2 += w_k·δ·(d_k − μ).
+
+  Why not the shifted sums: XLA:CPU's reductions are slow, so their CPU form
+  is a loop anyway, and this loop is one elementwise kernel with no head
+  shift to compute first: a measure program has about half the kernels and
+  compiles in about half the time (benchmarks/results/compile_time_cpu.md),
+  at the same speed.
+  """
+  valid = w > 0
+  first = jnp.argmax(valid)       # 0 when none is valid
+  x0 = jax.lax.dynamic_index_in_dim(x, first, axis, keepdims=False)
+  shift = jax.lax.stop_gradient(jnp.where(jnp.any(valid), x0, 0))
+
+  def body(k, carry):
+    n, mean, m2 = carry
+    d = jax.lax.dynamic_index_in_dim(x, k, axis, keepdims=False) - shift
+    n1 = n + w[k]
+    delta = d - mean
+    mean1 = mean + delta * (w[k] / jnp.where(n1 > 0, n1, 1))
+    m2_1 = m2 + w[k] * delta * (d - mean1)
+    # Select, not multiply: a masked slice may hold NaN.
+    keep = valid[k]
+    return (jnp.where(keep, n1, n), jnp.where(keep, mean1, mean),
+            jnp.where(keep, m2_1, m2))
+
+  zeros = jnp.zeros(shift.shape, x.dtype)
+  n, mean, m2 = jax.lax.fori_loop(
+      0, x.shape[axis], body, (jnp.zeros((), x.dtype), zeros, zeros))
+  return Moments(n, mean, jnp.maximum(m2, 0), shift)
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:

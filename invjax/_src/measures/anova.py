@@ -68,7 +68,8 @@ def f_statistic(columns: stats.Moments, valid: jax.Array):
 
   Returns:
     (F, p_value, d1, d2): F and p shaped like one activation; the degrees
-    of freedom d1 = G' − 1 and d2 = n_total − G' (G' non-empty groups).
+    of freedom d1 = G' − 1 and d2 = n_total − G' (G' non-empty groups),
+    shaped like the counts (broadcast against F).
   """
   w = valid.astype(columns.offset.dtype)
   w = w.reshape(w.shape + (1,) * (columns.offset.ndim - 1))
@@ -88,7 +89,9 @@ def f_statistic(columns: stats.Moments, valid: jax.Array):
   grand = jnp.sum(n_j * means, axis=0) / jnp.maximum(total, 1)
   ssb = jnp.sum(n_j * (means - grand) ** 2, axis=0)
   ssw = jnp.sum(columns.m2 * w, axis=0)
-  d1, d2 = (groups - 1).reshape(()), (total - groups).reshape(())
+  # Per unit (broadcast where the units share their counts): a stratified
+  # or unit-wise state may count each unit's samples apart.
+  d1, d2 = groups - 1, total - groups
   has_dof = (d1 > 0) & (d2 > 0)
   msb = jnp.where(d1 > 0, ssb / jnp.maximum(d1, 1), 0)
   msw = jnp.where(d2 > 0, ssw / jnp.maximum(d2, 1), 0)
@@ -120,7 +123,18 @@ def _measure(name: str, finalize, settings) -> base.Measure:
                           why="the F test's degrees of freedom")
   return base.Measure(name=name, init=columns.init, update=columns.update,
                       merge=columns.merge, finalize=finalize,
-                      settings=settings, check=check)
+                      settings=settings, check=check,
+                      unitwise=columns.unitwise)
+
+
+def _layer_units(spec: base.LayerSpec):
+  """D, the activation count of each unit's layer (one layer: a number)."""
+  if not spec.layer_sizes:
+    return math.prod(spec.shape)
+  # Several layers side by side (`base.Unitwise`): D per unit, written as
+  # broadcasts so that no (F,) constant enters the program.
+  return jnp.concatenate([jnp.full((d,), d, jnp.float32)
+                          for d in spec.layer_sizes])
 
 
 def anova_f() -> base.Measure:
@@ -136,8 +150,7 @@ def anova_f() -> base.Measure:
     also returns ``"p_value"``, P(F(m − 1, m(n − 1)) > F).
   """
   def finalize(state, spec):
-    del spec
-    f, p, _, _ = f_statistic(state.columns, state.valid)
+    f, p, _, _ = f_statistic(state.columns, variance.valid_columns(spec))
     return {"values": f, "p_value": p}
 
   return _measure("anova_f", finalize, ())
@@ -171,9 +184,8 @@ def anova(*, alpha: float = 0.01, bonferroni: bool = True) -> base.Measure:
                      f"{alpha!r}")
 
   def finalize(state, spec):
-    f, p, _, _ = f_statistic(state.columns, state.valid)
-    units = math.prod(spec.shape)   # the layer's activation count
-    level = alpha / units if bonferroni else alpha
+    f, p, _, _ = f_statistic(state.columns, variance.valid_columns(spec))
+    level = alpha / _layer_units(spec) if bonferroni else alpha
     return {"values": (p <= level).astype(jnp.float32), "f": f, "p_value": p}
 
   return _measure("anova", finalize,

@@ -41,11 +41,25 @@ class Statistic(NamedTuple):
     merge: ``(state, state) -> state`` over disjoint sample sets.
     finalize: ``(state, spec) -> statistic``; an array of the activation's
       shape for `single` and `ratio`.
+    unitwise: ``update``'s `base.Unitwise` split, when it has one.
   """
   init: Callable[[base.LayerSpec], State]
   update: Callable[[State, base.Block], State]
   merge: Callable[[State, State], State]
   finalize: Callable[[State, base.LayerSpec], Any]
+  unitwise: base.Unitwise | None = None
+
+
+def unitwise_statistic(init, reduce, fold, merge, finalize) -> Statistic:
+  """A `Statistic` whose update is ``fold(state, reduce(state, block))``.
+
+  For statistics whose units are independent; see `base.Unitwise`.
+  """
+  def update(state, block):
+    return fold(state, reduce(state, block), block)
+
+  return Statistic(init, update, merge, finalize,
+                   base.Unitwise(reduce, fold))
 
 
 class RatioState(NamedTuple):
@@ -72,7 +86,8 @@ def single(name: str, statistic: Statistic, *,
       name=name, init=statistic.init, update=statistic.update,
       merge=statistic.merge,
       finalize=lambda state, spec: {"values": statistic.finalize(state, spec)},
-      settings=settings, requires=requires, check=check)
+      settings=settings, requires=requires, check=check,
+      unitwise=statistic.unitwise)
 
 
 def ratio(name: str, numerator: Statistic, denominator: Statistic, *,
@@ -115,6 +130,17 @@ def ratio(name: str, numerator: Statistic, denominator: Statistic, *,
     den = denominator.finalize(state.denominator, spec)
     return {"values": divide(num, den), "numerator": num, "denominator": den}
 
+  unitwise = None
+  if numerator.unitwise and denominator.unitwise:
+    nu, du = numerator.unitwise, denominator.unitwise
+    unitwise = base.Unitwise(
+        reduce=lambda state, block: RatioState(
+            nu.reduce(state.numerator, block),
+            du.reduce(state.denominator, block)),
+        fold=lambda state, part, block: RatioState(
+            nu.fold(state.numerator, part.numerator, block),
+            du.fold(state.denominator, part.denominator, block)))
+
   return base.Measure(name=name, init=init, update=update, merge=merge,
                       finalize=finalize, settings=settings,
-                      requires=requires, check=check)
+                      requires=requires, check=check, unitwise=unitwise)

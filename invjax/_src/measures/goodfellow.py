@@ -76,7 +76,7 @@ class QuantileStats(NamedTuple):
 class Rates(NamedTuple):
   """Firing counts (int32: exact, and merged by addition)."""
   global_fires: jax.Array     # (*shape)
-  global_count: jax.Array     # ()
+  global_count: jax.Array     # (1, ...): shared by the units
   local_fires: jax.Array      # (*shape)
   local_count: jax.Array      # (*shape): per unit for the conditional form
 
@@ -85,7 +85,8 @@ class GoodfellowState(NamedTuple):
   summary: stats.Moments | QuantileStats   # of the untransformed samples
   threshold: jax.Array        # (*shape), set by end_pass
   rates: Rates
-  stage: jax.Array            # () int32: passes completed so far
+  stage: jax.Array            # int32: passes completed so far; (1, ...)
+                              # (quantile: (), see end_pass)
 
 
 def _weights(block: base.Block) -> jax.Array:
@@ -154,8 +155,9 @@ def _quantile(q: QuantileStats, alpha: float, bins: int) -> jax.Array:
   return jnp.where(n > 0, tau, 0)
 
 
-def _rates_update(rates: Rates, block: base.Block, tau: jax.Array,
-                  conditional: bool) -> Rates:
+def _rates_partial(block: base.Block, tau: jax.Array,
+                   conditional: bool) -> Rates:
+  """One block's firing counts (to add to the rates)."""
   ident = _identity(block)
   x = block.x.astype(jnp.float32)
   w = _weights(block)
@@ -170,9 +172,8 @@ def _rates_update(rates: Rates, block: base.Block, tau: jax.Array,
   l_fires = jnp.sum((x > tau) & pair, axis=(0, 1), dtype=jnp.int32)
   l_count = jnp.broadcast_to(jnp.sum(pair, axis=(0, 1), dtype=jnp.int32),
                              tau.shape)
-  return Rates(rates.global_fires + g_fires,
-               rates.global_count + jnp.sum(w, dtype=jnp.int32),
-               rates.local_fires + l_fires, rates.local_count + l_count)
+  g_count = jnp.sum(w, dtype=jnp.int32).reshape(extra)
+  return Rates(g_fires, g_count, l_fires, l_count)
 
 
 def goodfellow(*, threshold: str = "normal", alpha: float = 0.99,
@@ -208,7 +209,7 @@ def goodfellow(*, threshold: str = "normal", alpha: float = 0.99,
   rates_pass = 2 if quantile else 1
 
   def init(spec: base.LayerSpec) -> GoodfellowState:
-    shape = spec.shape
+    shape, ones = spec.shape, (1,) * len(spec.shape)
     zi = jnp.zeros(shape, jnp.int32)
     if quantile:
       st = QuantileStats(jnp.zeros((), jnp.int32),
@@ -216,20 +217,31 @@ def goodfellow(*, threshold: str = "normal", alpha: float = 0.99,
                          jnp.full(shape, -jnp.inf, jnp.float32),
                          jnp.zeros((bins,) + shape, jnp.int32), zi, zi)
     else:
-      st = stats.zeros_moments(shape)
-    rates = Rates(zi, jnp.zeros((), jnp.int32), zi, zi)
+      st = stats.zeros_moments(shape, count_shape=ones)
+    rates = Rates(zi, jnp.zeros(ones, jnp.int32), zi, zi)
     return GoodfellowState(st, jnp.zeros(shape, jnp.float32), rates,
-                           jnp.zeros((), jnp.int32))
+                           jnp.zeros(() if quantile else ones, jnp.int32))
+
+  def reduce(state: GoodfellowState, block: base.Block):
+    """Normal thresholds: the block's moments (pass 0) or firing counts."""
+    if block.pass_index == rates_pass:
+      return _rates_partial(block, state.threshold, conditional)
+    v = _identity(block)
+    chunk = stats.block_moments(v, _weights(block), axis=0)
+    return chunk._replace(count=jnp.reshape(chunk.count,
+                                            (1,) * chunk.offset.ndim))
+
+  def fold(state: GoodfellowState, partial,
+           block: base.Block) -> GoodfellowState:
+    if block.pass_index == rates_pass:
+      return state._replace(rates=jax.tree.map(jnp.add, state.rates, partial))
+    return state._replace(summary=stats.merge_moments(state.summary, partial))
 
   def update(state: GoodfellowState, block: base.Block) -> GoodfellowState:
     p = block.pass_index
-    if p == rates_pass:
-      rates = _rates_update(state.rates, block, state.threshold, conditional)
-      return state._replace(rates=rates)
+    if not quantile or p == rates_pass:
+      return fold(state, reduce(state, block), block)
     v, w = _identity(block), _weights(block)
-    if not quantile:                                   # pass 0: moments
-      chunk = stats.block_moments(v, w, axis=0)
-      return state._replace(summary=stats.merge_moments(state.summary, chunk))
     q = state.summary
     if p == 0:                                         # range
       wx = w.reshape(w.shape + (1,) * (v.ndim - 1))
@@ -254,10 +266,11 @@ def goodfellow(*, threshold: str = "normal", alpha: float = 0.99,
     if pass_index != rates_pass - 1:
       return state
     # A stratified run stacks one state per class (leading axes, visible on
-    # the scalar stage) and may call end_pass on the stack: map over them,
-    # since the histogram maths works along axis 0.
+    # the quantile's scalar count and stage) and may call end_pass on the
+    # stack: map over them, since the histogram maths works along axis 0.
+    # The normal threshold works unit by unit, stacked or not.
     fn = set_threshold
-    for _ in range(state.stage.ndim):
+    for _ in range(state.stage.ndim if quantile else 0):
       fn = jax.vmap(fn)
     return fn(state)
 
@@ -304,6 +317,8 @@ def goodfellow(*, threshold: str = "normal", alpha: float = 0.99,
                           untransformed=True, passes=rates_pass + 1,
                           untransformed_passes=tuple(range(rates_pass))),
                       end_pass=end_pass,
+                      unitwise=None if quantile else base.Unitwise(reduce,
+                                                                   fold),
                       # τ = μ + σ·z needs σ (ddof 1); a quantile needs 1.
                       check=base.size_check(
                           "goodfellow", min_samples=1 if quantile else 2,

@@ -74,28 +74,55 @@ class TVState(NamedTuple):
   samples: stats.RunningMean    # mean over samples of the orbit statistic
 
 
+class TVPartial(NamedTuple):
+  orbit: stats.Moments | None   # the orbit moments so far; None: whole orbit
+  samples: stats.RunningMean    # the batch's mean orbit statistic
+
+
 class ColumnMoments(NamedTuple):
   columns: stats.Moments        # per transformation: (Tp, *shape)
-  valid: jax.Array              # (Tp,) bool: False for padding columns
+
+
+def _ones(ndim: int) -> tuple[int, ...]:
+  return (1,) * ndim
+
+
+def _per_unit(count: jax.Array, like: jax.Array) -> jax.Array:
+  """A count shared by all units, with the units' (singleton) axes."""
+  return jnp.reshape(count, count.shape + _ones(like.ndim - count.ndim))
 
 
 def _tv(statistic: str, ddof: int) -> combinators.Statistic:
   """The transformation variance, streamed."""
 
   def init(spec: base.LayerSpec) -> TVState:
-    orbit = stats.zeros_moments((spec.batch_size,) + spec.shape)
-    return TVState(orbit, stats.zeros_mean(spec.shape))
+    shape = (spec.batch_size,) + spec.shape
+    orbit = stats.zeros_moments(shape, count_shape=_ones(len(shape)))
+    mean = stats.zeros_mean(spec.shape)
+    return TVState(orbit, mean._replace(count=_per_unit(mean.count,
+                                                        mean.mean)))
 
-  def update(state: TVState, block: base.Block) -> TVState:
+  def reduce(state: TVState, block: base.Block) -> TVPartial:
     x = block.x.astype(jnp.float32)
     chunk = stats.block_moments(x, block.t_mask, axis=1)
-    # Transformation chunks of one batch are merged into the orbit moments;
-    # the first chunk starts afresh.
-    orbit = jax.tree.map(lambda c, m: jnp.where(block.first, c, m), chunk,
-                         stats.merge_moments(state.orbit, chunk))
+    chunk = chunk._replace(count=_per_unit(chunk.count, chunk.offset))
+    if block.whole_orbit:
+      orbit, kept = chunk, None
+    else:
+      # Transformation chunks of one batch are merged into the orbit
+      # moments; the first chunk starts afresh.
+      orbit = kept = jax.tree.map(lambda c, m: jnp.where(block.first, c, m),
+                                  chunk, stats.merge_moments(state.orbit,
+                                                             chunk))
     per_sample = _row_statistic(orbit, statistic, ddof)      # (B, *shape)
-    folded = stats.merge_mean(state.samples,
-                              stats.block_mean(per_sample, block.mask, axis=0))
+    mean = stats.block_mean(per_sample, block.mask, axis=0)
+    return TVPartial(kept, mean._replace(count=_per_unit(mean.count,
+                                                         mean.mean)))
+
+  def fold(state: TVState, partial: TVPartial,
+           block: base.Block) -> TVState:
+    orbit = state.orbit if partial.orbit is None else partial.orbit
+    folded = stats.merge_mean(state.samples, partial.samples)
     samples = jax.tree.map(lambda f, s: jnp.where(block.last, f, s), folded,
                            state.samples)
     return TVState(orbit, samples)
@@ -107,7 +134,7 @@ def _tv(statistic: str, ddof: int) -> combinators.Statistic:
     del spec
     return state.samples.mean
 
-  return combinators.Statistic(init, update, merge, finalize)
+  return combinators.unitwise_statistic(init, reduce, fold, merge, finalize)
 
 
 def _fold_columns(state: ColumnMoments, chunk: stats.Moments,
@@ -125,49 +152,60 @@ def _fold_columns(state: ColumnMoments, chunk: stats.Moments,
   cols = jax.tree.map(
       lambda v, n: jax.lax.dynamic_update_slice_in_dim(v, n, start, 0),
       state.columns, new)
-  return ColumnMoments(cols, state.valid)
+  return ColumnMoments(cols)
+
+
+def valid_columns(spec: base.LayerSpec) -> jax.Array:
+  """(Tp,) bool: False for the padding transformations of a layer's state."""
+  return jnp.arange(spec.num_padded_transformations) < spec.num_transformations
 
 
 def column_moments() -> combinators.Statistic:
   """Chan moments of each transformation's column A_·j over the samples.
 
   The block shared by the sample variance (one row statistic per column)
-  and ANOVA (the columns are its groups). Merged across batches; padding
-  transformations are marked invalid.
+  and ANOVA (the columns are its groups). Merged across batches; the
+  padding transformations' columns are `valid_columns`' False rows.
 
   Returns:
     A `combinators.Statistic` over `ColumnMoments`: count (Tp, 1, ...),
-    mean and M2 (Tp, *shape) per column, and ``valid`` (Tp,). Its
-    ``finalize`` returns the state itself: each user reads what it needs.
+    mean and M2 (Tp, *shape) per column. Its ``finalize`` returns the state
+    itself: each user reads what it needs.
   """
 
   def init(spec: base.LayerSpec) -> ColumnMoments:
-    tp, ones = spec.num_padded_transformations, (1,) * len(spec.shape)
+    tp, ones = spec.num_padded_transformations, _ones(len(spec.shape))
     # The count keeps singleton unit axes so it broadcasts against the means.
-    cols = stats.zeros_moments((tp,) + spec.shape, count_shape=(tp,) + ones)
-    valid = jnp.arange(tp) < spec.num_transformations
-    return ColumnMoments(cols, valid)
+    return ColumnMoments(stats.zeros_moments((tp,) + spec.shape,
+                                             count_shape=(tp,) + ones))
 
-  def update(state: ColumnMoments, block: base.Block) -> ColumnMoments:
+  def reduce(state: ColumnMoments, block: base.Block) -> stats.Moments:
+    del state
     x = block.x.astype(jnp.float32)
     chunk = stats.block_moments(x, block.mask, axis=0)        # (Tc, *shape)
+    count = jnp.broadcast_to(chunk.count, chunk.offset.shape[:1])
+    return chunk._replace(count=_per_unit(count, chunk.offset))
+
+  def fold(state: ColumnMoments, chunk: stats.Moments,
+           block: base.Block) -> ColumnMoments:
     return _fold_columns(state, chunk, block.t_index[0])
 
   def merge(a: ColumnMoments, b: ColumnMoments) -> ColumnMoments:
-    return ColumnMoments(stats.merge_moments(a.columns, b.columns), a.valid)
+    return ColumnMoments(stats.merge_moments(a.columns, b.columns))
 
-  return combinators.Statistic(init, update, merge, lambda state, spec: state)
+  return combinators.unitwise_statistic(init, reduce, fold, merge,
+                                        lambda state, spec: state)
 
 
 def _sv(statistic: str, ddof: int) -> combinators.Statistic:
   """The sample variance: the mean row statistic of the column moments."""
 
   def finalize(state: ColumnMoments, spec: base.LayerSpec) -> jax.Array:
-    del spec
     per_column = _row_statistic(state.columns, statistic, ddof)  # (Tp, *shape)
-    w = state.valid.astype(per_column.dtype)
+    valid = valid_columns(spec)
+    w = valid.astype(per_column.dtype)
     w = w.reshape(w.shape + (1,) * (per_column.ndim - 1))
-    return jnp.sum(per_column * w, axis=0) / jnp.sum(state.valid)
+    return jnp.sum(per_column * w, axis=0) / jnp.sum(valid)
 
   return column_moments()._replace(finalize=finalize)
 
@@ -205,7 +243,8 @@ def _fused_nv_update(statistic: str, ddof: int, xla_update):
     chunk = stats.moments_from_sums(n, unit(shift), unit(s1), unit(s2))
     sv = _fold_columns(sv, chunk, block.t_index[0])
     mean = (tv_sum / jnp.maximum(n, 1)).reshape(x.shape[2:])
-    samples = stats.merge_mean(tv.samples, stats.RunningMean(n, mean))
+    samples = stats.merge_mean(tv.samples,
+                               stats.RunningMean(_per_unit(n, mean), mean))
     return combinators.RatioState(TVState(tv.orbit, samples), sv)
 
   return update
@@ -239,7 +278,8 @@ def _measure(name, kind, statistic, ddof, needs_inverse, zero_tolerance=0.0,
       **common)
   if implementation == "pallas":
     measure = measure._replace(
-        update=_fused_nv_update(statistic, ddof, measure.update))
+        update=_fused_nv_update(statistic, ddof, measure.update),
+        unitwise=None)
   return measure
 
 
