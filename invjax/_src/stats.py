@@ -196,15 +196,15 @@ def _welford(x: Array, w: Array, axis: int) -> Moments:
 
   def body(k, carry):
     n, mean, m2 = carry
-    d = jax.lax.dynamic_index_in_dim(x, k, axis, keepdims=False) - shift
     n1 = n + w[k]
+    # A masked slice (which may hold NaN) is selected away before any
+    # arithmetic: it stands in as the mean, so δ = 0 changes nothing.
+    d = jnp.where(valid[k],
+                  jax.lax.dynamic_index_in_dim(x, k, axis, keepdims=False)
+                  - shift, mean)
     delta = d - mean
-    mean1 = mean + delta * (w[k] / jnp.where(n1 > 0, n1, 1))
-    m2_1 = m2 + w[k] * delta * (d - mean1)
-    # Select, not multiply: a masked slice may hold NaN.
-    keep = valid[k]
-    return (jnp.where(keep, n1, n), jnp.where(keep, mean1, mean),
-            jnp.where(keep, m2_1, m2))
+    mean = mean + delta * (w[k] / jnp.where(n1 > 0, n1, 1))
+    return n1, mean, m2 + w[k] * delta * (d - mean)
 
   zeros = jnp.zeros(shift.shape, x.dtype)
   n, mean, m2 = jax.lax.fori_loop(
