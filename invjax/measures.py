@@ -14,6 +14,7 @@ from invjax._src.base import Block
 from invjax._src.base import LayerSpec
 from invjax._src.base import Measure
 from invjax._src.base import Requirements
+from invjax._src.base import Unitwise
 from invjax._src.measures.anova import anova
 from invjax._src.measures.anova import anova_f
 from invjax._src.measures.distance import distance_invariance
@@ -37,6 +38,7 @@ __all__ = (
     "LayerSpec",
     "Measure",
     "Requirements",
+    "Unitwise",
     "anova",
     "anova_f",
     "distance_invariance",
