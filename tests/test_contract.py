@@ -256,20 +256,16 @@ def _side_by_side(m: base.Measure, layers):
   state = units.widen(m.init(units.flat_spec(specs["l0"], lay)), lay.total,
                       m.name)
   for p in range(m.requires.passes):
-    parts = []
-    for (x, ident, mask), (_, offset, size) in zip(layers, lay.slices()):
-      block = _block(units.flatten(x, 2), units.flatten(ident, 1), p)
-      parts.append(units.widen(m.unitwise.reduce(
-          units.take(state, offset, size), block._replace(mask=mask)),
-                               size, m.name))
-    where = _block(layers[0][0], None, p)._replace(x=None, mask=None)
-    state = m.unitwise.fold(state, units.join(parts), where)
+    flat = {f"l{i}": _block(units.flatten(x, 2), units.flatten(ident, 1),
+                            p)._replace(mask=mask)
+            for i, (x, ident, mask) in enumerate(layers)}
+    state = units.update(m.unitwise.reduce, m.unitwise.fold, lay, state,
+                         flat.__getitem__, m.name)
     if m.end_pass is not None:
       state = m.end_pass(state, p)
   whole = m.finalize(state, units.flat_spec(specs["l0"], lay))
-  return {l: units.unflatten(units.take(dict(whole), offset, size), size,
-                             specs[l].shape, m.name)
-          for l, offset, size in lay.slices()}
+  return units.split(dict(whole), lay,
+                     {l: spec.shape for l, spec in specs.items()}, m.name)
 
 
 UNITWISE = [c for c in CASES if FACTORIES[c[0]](**c[1]).unitwise is not None]

@@ -130,19 +130,11 @@ def build_program(plan: Plan):
     return per_class(m.update, state, block)
 
   def update_units(m, lay, state, block_of):
-    """One unit-wise update of all of m's layers: a reduce per layer, on
-    its slice of the state, and one fold of the joined partials."""
-    parts = []
-    for l, offset, size in lay.slices():
-      part = per_class(m.unitwise.reduce, units.take(state, offset, size),
-                       block_of(l))
-      parts.append(units.widen(part, size, m.name))
-    # The fold reads the chunk's position only: the tiles are in the parts.
-    where = block_of(lay.layers[0])._replace(x=None, mask=None, labels=None,
-                                             untransformed=None)
-    joined = units.join(parts)
-    fold = lambda s, p: m.unitwise.fold(s, p, where)
-    return jax.vmap(fold)(state, joined) if k else fold(state, joined)
+    fold = m.unitwise.fold
+    if k:
+      fold = jax.vmap(fold, in_axes=(0, 0, None))
+    return units.update(functools.partial(per_class, m.unitwise.reduce), fold,
+                        lay, state, block_of, m.name)
 
   def local_pass(m, g):
     """Measure m's own pass at global pass g, or None when m is idle.
@@ -344,11 +336,8 @@ def build_program(plan: Plan):
     split = []
     for m, lay, out in zip(measures, unit_layouts, outputs):
       if lay is not None:
-        whole = units.unflatten(out, lay.total, (lay.total,), m.name)
-        out = {l: units.unflatten(
-            {key: v[..., offset:offset + size] for key, v in whole.items()},
-            size, plan.specs[l].shape, m.name)
-               for l, offset, size in lay.slices()}
+        shapes = {l: plan.specs[l].shape for l in lay.layers}
+        out = units.split(out, lay, shapes, m.name)
       split.append(out)
     return split
 

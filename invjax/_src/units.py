@@ -11,7 +11,7 @@ not once per layer shape.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -79,14 +79,34 @@ def join(trees: Sequence[Any]) -> Any:
   return jax.tree.map(lambda *vs: jnp.concatenate(vs, axis=-1), *trees)
 
 
-def unflatten(outputs: dict[str, jax.Array], size: int,
-              shape: tuple[int, ...], name: str) -> dict[str, jax.Array]:
-  """A layer's (…, F) finalize outputs in the layer's (…, *shape)."""
-  out = {}
+def update(reduce: Callable[[Any, base.Block], Any],
+           fold: Callable[[Any, Any, base.Block], Any], lay: Layout,
+           state: Any, block_of: Callable[[str], base.Block],
+           name: str) -> Any:
+  """One update of all of ``lay``'s layers: a reduce per layer, on its
+  slice of the state and its flat block ``block_of(layer)``, and one fold
+  of the joined partials."""
+  parts = [widen(reduce(take(state, offset, size), block_of(l)), size, name)
+           for l, offset, size in lay.slices()]
+  # The fold reads the chunk's position only: the tiles are in the parts.
+  where = block_of(lay.layers[0])._replace(x=None, mask=None, labels=None,
+                                           untransformed=None)
+  return fold(state, join(parts), where)
+
+
+def split(outputs: dict[str, Any], lay: Layout,
+          shapes: dict[str, tuple[int, ...]],
+          name: str) -> dict[str, dict[str, Any]]:
+  """All units' (…, F) finalize outputs as ``{layer: (…, *shape) outputs}``.
+
+  Plain indexing, so that it runs on host (NumPy) arrays as well.
+  """
   for key, v in outputs.items():
-    if v.ndim == 0 or v.shape[-1] != size:
+    if v.ndim == 0 or v.shape[-1] != lay.total:
       raise ValueError(
           f"{name}: a unit-wise measure's finalize must return one value per "
-          f"unit, got {key!r} of shape {v.shape} for {size} units")
-    out[key] = v.reshape(v.shape[:-1] + shape)
-  return out
+          f"unit, got {key!r} of shape {v.shape} for {lay.total} units")
+  return {l: {key: v[..., offset:offset + size].reshape(v.shape[:-1] +
+                                                        shapes[l])
+              for key, v in outputs.items()}
+          for l, offset, size in lay.slices()}
