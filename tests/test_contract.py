@@ -15,7 +15,8 @@ pairwise normalization). On a small random (B, T, h, w, c) block:
 (e) a bad setting is a ValueError;
 (f) a unit-wise measure (`base.Unitwise`) gives each of two layers laid side
     by side on one state, as the engine lays them (reduce on each layer's
-    slice, one fold, one finalize), what `update` gives it alone.
+    slice, or on blocks of units cut across layers as on CPU; one fold, one
+    finalize), what `update` gives it alone.
 """
 
 import inspect
@@ -247,20 +248,20 @@ def _alone(m: base.Measure, x, ident, mask):
   return m.finalize(state, spec)
 
 
-def _side_by_side(m: base.Measure, layers):
+def _side_by_side(m: base.Measure, layers, block):
   """Every layer's outputs from one state over all their units."""
   b, t = layers[0][0].shape[:2]
   specs = {f"l{i}": base.LayerSpec(f"l{i}", tuple(x.shape[2:]), x.dtype, t,
                                    t, b) for i, (x, _, _) in enumerate(layers)}
-  lay = units.layout(list(specs), specs)
-  state = units.widen(m.init(units.flat_spec(specs["l0"], lay)), lay.total,
+  lay = units.layout(list(specs), specs, block)
+  state = units.widen(m.init(units.flat_spec(specs["l0"], lay)), lay.capacity,
                       m.name)
   for p in range(m.requires.passes):
     flat = {f"l{i}": _block(units.flatten(x, 2), units.flatten(ident, 1),
                             p)._replace(mask=mask)
             for i, (x, ident, mask) in enumerate(layers)}
-    state = units.update(m.unitwise.reduce, m.unitwise.fold, lay, state,
-                         flat.__getitem__, m.name)
+    job = units.Job(m.unitwise.reduce, m.unitwise.fold, state, m.name, p)
+    state, = units.update([job], lay, flat.__getitem__)
     if m.end_pass is not None:
       state = m.end_pass(state, p)
   whole = m.finalize(state, units.flat_spec(specs["l0"], lay))
@@ -271,8 +272,11 @@ def _side_by_side(m: base.Measure, layers):
 UNITWISE = [c for c in CASES if FACTORIES[c[0]](**c[1]).unitwise is not None]
 
 
+# 8-unit blocks: the 18-unit layer is cut at 0, 8 and 10 (its last block
+# overlaps), the 5-unit one is padded to 8 past the end of the units.
+@pytest.mark.parametrize("block", [0, 8], ids=["by_layer", "blocks"])
 @pytest.mark.parametrize("case", UNITWISE, ids=_id)
-def test_unitwise_layers_side_by_side_equal_each_alone(case):
+def test_unitwise_layers_side_by_side_equal_each_alone(case, block):
   name, kw = case
   m = FACTORIES[name](**kw)
   x, ident = _data()
@@ -284,12 +288,42 @@ def test_unitwise_layers_side_by_side_equal_each_alone(case):
   all_in = jnp.ones((B,), bool)
   some_out = all_in.at[jnp.array([1, 6])].set(False)
   layers = [(x, ident, all_in), (y, y_ident, some_out)]
-  joined = jax.jit(lambda: _side_by_side(m, layers))()
+  joined = jax.jit(lambda: _side_by_side(m, layers, block))()
   for i, (xi, ii, mask) in enumerate(layers):
     alone = _alone(m, xi, ii, mask)
     assert set(joined[f"l{i}"]) == set(alone)
     for key in alone:
       _close(joined[f"l{i}"][key], alone[key], f"{_id(case)}: l{i} {key}")
+
+
+@pytest.mark.parametrize("sizes", [(18, 5), (5, 18, 3), (7, 7), (1024, 10),
+                                   (3000, 128, 10, 4096)])
+def test_unit_blocks_cover_every_unit_in_order(sizes):
+  specs = {f"l{i}": base.LayerSpec(f"l{i}", (f,), jnp.float32, 4, 4, 8)
+           for i, f in enumerate(sizes)}
+  lay = units.layout(list(specs), specs, 8 if max(sizes) < 100 else 1024)
+  if len(set(sizes)) == 1:
+    assert lay.block == 0 and lay.capacity == lay.total
+    return
+  table = units.block_table(lay)
+  assert np.all(np.diff(table[:, 2]) > 0), "blocks must come in unit order"
+  u = lay.block
+  assert table[:, 2].max() + u <= lay.capacity
+  for i, (offset, f) in enumerate(zip(lay.offsets, lay.sizes)):
+    rows = table[table[:, 0] == i]
+    covered = np.zeros(max(f, u), bool)
+    for _, start, at in rows:
+      assert at == offset + start and start + u <= max(f, u)
+      covered[start:start + u] = True
+    assert covered[:f].all(), f"layer {i}: units left out"
+  # A later block (or the room at the end) holds what a padded block spills.
+  spill = [(at + u, i) for i, _, at in table
+           if lay.sizes[i] < u]
+  for end, i in spill:
+    later = table[table[:, 0] > i]
+    assert end <= lay.capacity
+    if end > lay.offsets[i] + lay.sizes[i] and later.size:
+      assert later[0, 2] == lay.offsets[i] + lay.sizes[i]
 
 
 def test_unitwise_covers_the_variance_anova_and_goodfellow_families():

@@ -125,10 +125,11 @@ class Unitwise(NamedTuple):
   on flat layers: ``spec.shape == (F,)``, ``block.x`` (B, Tc, F),
   ``block.untransformed`` (B, F). It keeps one state for all of a measure's
   layers, their units side by side, calls ``reduce`` on each layer's slice
-  of the state and ``fold`` once on all units: the merge's kernels are
-  compiled once per measure instead of once per layer shape (XLA:CPU does
-  not share identical kernels between layers), which is most of a measure
-  program's compile time.
+  of the state (on CPU: on blocks of U units cut from every layer, the
+  last one zero-padded) and ``fold`` once on all units: the kernels are
+  compiled once per measure instead of once per layer shape (XLA:CPU
+  compiles each distinct kernel), which is most of a measure program's
+  compile time.
 
   For that, every leaf of the state and of a partial ends with the unit
   axis, of size F or of size 1 when all units share the value (a count): the

@@ -83,7 +83,7 @@ def data_fingerprint(images: Any, labels: Any, first_batch: Any) -> dict:
           "labels": None if labels is None else _digest(labels)}
 
 
-STATE_LAYOUT = 2
+STATE_LAYOUT = 3
 
 
 def record(*, acts: Any, specs: dict, measures: list, transformations: Any,
@@ -96,8 +96,9 @@ def record(*, acts: Any, specs: dict, measures: list, transformations: Any,
   """
   return {
       # The layout of the saved states: 2 since unit-wise measures keep one
-      # state for all their layers (`units`); checkpoints of another layout
-      # cannot be restored.
+      # state for all their layers (`units`), 3 since that state may have
+      # room for a padded block (`units.Layout.capacity`); checkpoints of
+      # another layout cannot be restored.
       "state_layout": STATE_LAYOUT,
       "model": {"description": acts.description,
                 "params": _digest(acts.params),

@@ -7,8 +7,8 @@ statistics with the pairwise update of Chan, Golub & LeVeque (1979):
     μ = μ_a + δ·n_b/n,   M2 = M2_a + M2_b + δ²·n_a·n_b/n.
 
 Each block's own mean and M2 come from one read of the block as sums of
-data shifted close to their mean (Chan et al.'s "shifted data" form; on CPU
-Welford's update of the shifted data; see `block_moments`). A `Moments`
+data shifted close to their mean (Chan et al.'s "shifted data" form; see
+`block_moments`). A `Moments`
 keeps that shift and the mean's small offset from it apart, so merges
 subtract nearby shifts exactly (Sterbenz) instead of rounding means of large
 magnitude: accumulating in float32 stays accurate to ~1e-6 relative
@@ -77,22 +77,33 @@ def weighted_sum(x: Array, weights: Array, axis: int,
   once (the measurements: benchmarks/results/reductions.md):
   on accelerators an axis of at most `_UNROLL` entries is summed slice by
   slice (an elementwise expression XLA fuses into the consumer) and a
-  longer one is a plain reduction of ``fn(x) * w``; on CPU a loop reads one
-  slice at a time. `lax.platform_dependent` picks the branch when the
-  program is lowered, so one traced function serves every backend.
+  longer one is a plain reduction of ``fn(x) * w``; on CPU the product with
+  the weight vector (a matrix-vector product in XLA:CPU's BLAS-like
+  library), where XLA:CPU's own reductions over a leading axis are several
+  times slower and a loop over the axis costs a kernel launch per entry.
+  `lax.platform_dependent` picks the branch when the program is lowered, so
+  one traced function serves every backend.
   """
   w = weights.astype(x.dtype)
 
   def reduce(x, w):
     if x.shape[axis] <= _UNROLL:
-      return accumulate(x, w, unroll=True)
+      return accumulate(x, w)
     shape = [1] * x.ndim
     shape[axis] = w.shape[0]
     w = w.reshape(shape)
     return jax.tree.map(
         lambda v: jnp.sum(jnp.where(w > 0, v * w, 0), axis=axis), fn(x))
 
-  def accumulate(x, w, unroll=False):
+  def product(x, w):
+    shape = [1] * x.ndim
+    shape[axis] = w.shape[0]
+    keep = w.reshape(shape) > 0
+    return jax.tree.map(
+        lambda v: jnp.tensordot(w, jnp.where(keep, v, 0), axes=([0], [axis]),
+                                precision=jax.lax.Precision.HIGHEST), fn(x))
+
+  def accumulate(x, w):
     def body(k, acc):
       terms = fn(jax.lax.dynamic_index_in_dim(x, k, axis, keepdims=False))
       return jax.tree.map(lambda a, v: jnp.where(w[k] > 0, a + w[k] * v, a),
@@ -101,9 +112,9 @@ def weighted_sum(x: Array, weights: Array, axis: int,
                                        x.dtype)
     zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype),
                          jax.eval_shape(fn, slice_shape))
-    return jax.lax.fori_loop(0, x.shape[axis], body, zeros, unroll=unroll)
+    return jax.lax.fori_loop(0, x.shape[axis], body, zeros, unroll=True)
 
-  return jax.lax.platform_dependent(x, w, cpu=accumulate, default=reduce)
+  return jax.lax.platform_dependent(x, w, cpu=product, default=reduce)
 
 
 def head_size(length: int) -> int:
@@ -141,9 +152,9 @@ def moments_from_sums(n: Array, shift: Array, s1: Array, s2: Array) -> Moments:
 def block_moments(x: Array, weights: Array, axis: int) -> Moments:
   """Masked moments of `x` along `axis` from one read of shifted data.
 
-  On accelerators from the sums of d = x − c for a shift c near the mean
-  (`block_shift`): M2 = Σd² − (Σd)²/n loses only ~eps·(1 + (μ − c)²/σ²)
-  relative in float32. On CPU by Welford's update (`_welford`).
+  From the sums of d = x − c for a shift c near the mean (`block_shift`):
+  M2 = Σd² − (Σd)²/n loses only ~eps·(1 + (μ − c)²/σ²) relative in
+  float32.
 
   Args:
     x: array of any shape.
@@ -154,12 +165,6 @@ def block_moments(x: Array, weights: Array, axis: int) -> Moments:
     Moments with that axis removed; count is a scalar.
   """
   w = weights.astype(x.dtype)
-  return jax.lax.platform_dependent(
-      x, w, cpu=lambda x, w: _welford(x, w, axis),
-      default=lambda x, w: _shifted_sums(x, w, axis))
-
-
-def _shifted_sums(x: Array, w: Array, axis: int) -> Moments:
   shift = block_shift(x, w, axis)
   # In the reduction branch the closure sees x's full shape: put the reduced
   # axis back into the slice-shaped shift.
@@ -172,44 +177,6 @@ def _shifted_sums(x: Array, w: Array, axis: int) -> Moments:
   # One read of x for both sums (one fused reduction on accelerators).
   s1, s2 = weighted_sum(x, w, axis, shifted_powers)
   return moments_from_sums(jnp.sum(w), shift, s1, s2)
-
-
-def _welford(x: Array, w: Array, axis: int) -> Moments:
-  """`block_moments` on CPU: Welford's update, one slice of x at a time.
-
-  d = x − c with c the first valid slice (exact for nearby values, so a row
-  constant over its valid entries has M2 = 0 exactly), then per slice k
-  (West's weighted form):
-
-      n += w_k,  δ = d_k − μ,  μ += δ·w_k/n,  M2 += w_k·δ·(d_k − μ).
-
-  Why not the shifted sums: XLA:CPU's reductions are slow, so their CPU form
-  is a loop anyway, and this loop is one elementwise kernel with no head
-  shift to compute first: a measure program has about half the kernels and
-  compiles in about half the time (benchmarks/results/compile_time_cpu.md),
-  at the same speed.
-  """
-  valid = w > 0
-  first = jnp.argmax(valid)       # 0 when none is valid
-  x0 = jax.lax.dynamic_index_in_dim(x, first, axis, keepdims=False)
-  shift = jax.lax.stop_gradient(jnp.where(jnp.any(valid), x0, 0))
-
-  def body(k, carry):
-    n, mean, m2 = carry
-    n1 = n + w[k]
-    # A masked slice (which may hold NaN) is selected away before any
-    # arithmetic: it stands in as the mean, so δ = 0 changes nothing.
-    d = jnp.where(valid[k],
-                  jax.lax.dynamic_index_in_dim(x, k, axis, keepdims=False)
-                  - shift, mean)
-    delta = d - mean
-    mean = mean + delta * (w[k] / jnp.where(n1 > 0, n1, 1))
-    return n1, mean, m2 + w[k] * delta * (d - mean)
-
-  zeros = jnp.zeros(shift.shape, x.dtype)
-  n, mean, m2 = jax.lax.fori_loop(
-      0, x.shape[axis], body, (jnp.zeros((), x.dtype), zeros, zeros))
-  return Moments(n, mean, jnp.maximum(m2, 0), shift)
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:

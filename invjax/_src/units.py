@@ -2,10 +2,19 @@
 
 The engine lays a unit-wise measure's layers side by side along one unit
 axis: layer l's units (its activations, flattened) are entries
-[offset_l, offset_l + F_l) of the last axis of every state leaf. Each layer's
-tile is reduced on its own slice of the state, the partials are joined along
-the same axis, and one ``fold`` merges them all: the merge is compiled once,
-not once per layer shape.
+[offset_l, offset_l + F_l) of the last axis of every state leaf. The tiles
+are reduced into partials on that axis and one ``fold`` merges them all: the
+merge is compiled once, not once per layer shape.
+
+On CPU the reduce is shared too (`Layout.block`): one loop over blocks of U
+units of every layer calls ``reduce`` on (B, Tc, U) slices, so its kernels
+are compiled once instead of once per layer shape. XLA:CPU compiles every
+distinct kernel, and these were half of a measure program's kernels
+(benchmarks/results/compile_time_cpu.md). A layer of fewer than U units is
+one block, padded; the state has room for its padding after its units
+(`Layout.capacity`), and a later block writes over the padding's partials.
+Accelerators reduce each layer whole: a loop of small kernels there would
+cost a launch (and on GPUs a host round trip) per block.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from invjax._src import base
 
@@ -25,23 +35,36 @@ class Layout(NamedTuple):
   sizes: tuple[int, ...]      # F_l, the layer's activations per sample
   offsets: tuple[int, ...]
   total: int                  # Σ F_l
+  block: int = 0              # U: reduce in blocks of U units; 0: by layer
+  capacity: int = 0           # units in the state: total + room to pad
 
   def slices(self):
     """(layer, offset, size) for each layer, in order."""
     return zip(self.layers, self.offsets, self.sizes)
 
 
-def layout(layers: Sequence[str],
-           specs: dict[str, base.LayerSpec]) -> Layout:
+def layout(layers: Sequence[str], specs: dict[str, base.LayerSpec],
+           block: int = 0) -> Layout:
+  """The layers' units side by side; ``block``: reduce in blocks of at most
+  that many units (0, or layers all of one size: a reduce per layer)."""
   sizes = tuple(math.prod(specs[l].shape) for l in layers)
   offsets = tuple(sum(sizes[:i]) for i in range(len(sizes)))
-  return Layout(tuple(layers), sizes, offsets, sum(sizes))
+  total = sum(sizes)
+  if len(set(sizes)) < 2:
+    # One layer shape: the per-layer kernels are compiled once already.
+    block = 0
+  block = min(block, max(sizes))
+  capacity = max([total] + [o + block for o, f in zip(offsets, sizes)
+                            if f < block])
+  return Layout(tuple(layers), sizes, offsets, total, block, capacity)
 
 
 def flat_spec(spec: base.LayerSpec, lay: Layout) -> base.LayerSpec:
-  """The spec of all of ``lay``'s units, with ``spec``'s other fields."""
-  return spec._replace(name="+".join(lay.layers), shape=(lay.total,),
-                       layer_sizes=lay.sizes)
+  """The spec of all of ``lay``'s units (with the padding room after them,
+  as one more entry of ``layer_sizes``), with ``spec``'s other fields."""
+  room = lay.capacity - lay.total
+  return spec._replace(name="+".join(lay.layers), shape=(lay.capacity,),
+                       layer_sizes=lay.sizes + ((room,) if room else ()))
 
 
 def flatten(x: jax.Array | None, lead: int) -> jax.Array | None:
@@ -79,19 +102,102 @@ def join(trees: Sequence[Any]) -> Any:
   return jax.tree.map(lambda *vs: jnp.concatenate(vs, axis=-1), *trees)
 
 
-def update(reduce: Callable[[Any, base.Block], Any],
-           fold: Callable[[Any, Any, base.Block], Any], lay: Layout,
-           state: Any, block_of: Callable[[str], base.Block],
-           name: str) -> Any:
-  """One update of all of ``lay``'s layers: a reduce per layer, on its
-  slice of the state and its flat block ``block_of(layer)``, and one fold
-  of the joined partials."""
-  parts = [widen(reduce(take(state, offset, size), block_of(l)), size, name)
-           for l, offset, size in lay.slices()]
+class Job(NamedTuple):
+  """One unit-wise measure's update in a shared pass over the layers."""
+  reduce: Callable[[Any, base.Block], Any]
+  fold: Callable[[Any, Any, base.Block], Any]
+  state: Any
+  name: str
+  pass_index: int = 0
+
+
+def update(jobs: Sequence[Job], lay: Layout,
+           block_of: Callable[[str], base.Block]) -> list[Any]:
+  """One update of every job's state over all of ``lay``'s layers.
+
+  Each job's ``reduce`` runs on each layer's flat block ``block_of(layer)``
+  (whole, or in blocks of ``lay.block`` units, cut once for all jobs) and
+  its slice of the job's state; one ``fold`` per job merges the joined
+  partials. The jobs share the blocks' activations and differ in pass.
+  """
+  block_of_job = lambda job, l: block_of(l)._replace(
+      pass_index=job.pass_index)
+  if lay.block:
+    joined = _reduce_blocks(jobs, lay, block_of)
+  else:
+    joined = [join([widen(job.reduce(take(job.state, offset, size),
+                                     block_of_job(job, l)), size, job.name)
+                    for l, offset, size in lay.slices()]) for job in jobs]
   # The fold reads the chunk's position only: the tiles are in the parts.
   where = block_of(lay.layers[0])._replace(x=None, mask=None, labels=None,
                                            untransformed=None)
-  return fold(state, join(parts), where)
+  return [job.fold(job.state, part, where._replace(pass_index=job.pass_index))
+          for job, part in zip(jobs, joined)]
+
+
+def block_table(lay: Layout) -> np.ndarray:
+  """(blocks, 3) int32: each block's layer, first unit in it, and first
+  unit in the state, in increasing order of the last.
+
+  A layer of F ≥ U units is cut at 0, U, 2U, … and its last block ends at
+  F (overlapping the one before: the same units give the same partials).
+  A layer of F < U units is one block, zero-padded to U: its padding's
+  partials land on the next units of the state, which a later block (or
+  the room at the end) holds.
+  """
+  rows = []
+  for i, (offset, size) in enumerate(zip(lay.offsets, lay.sizes)):
+    starts = range(0, max(size - lay.block, 0) + 1, lay.block)
+    starts = list(starts) + ([size - lay.block] if size > lay.block and
+                             size % lay.block else [])
+    rows += [(i, s, offset + s) for s in starts]
+  return np.array(rows, np.int32).reshape(-1, 3)
+
+
+def _reduce_blocks(jobs: Sequence[Job], lay: Layout,
+                   block_of: Callable[[str], base.Block]) -> list[Any]:
+  """Every job's partials over all layers from one loop over their blocks
+  of U units (each block cut once, for all jobs)."""
+  u = lay.block
+  tiles = [block_of(l) for l in lay.layers]
+
+  def source(tile: base.Block, size: int):
+    """The branch that cuts U units from this layer (or pads it to U)."""
+    def cut(start):
+      if size < u:
+        cut_one = lambda v: jnp.pad(
+            v, [(0, 0)] * (v.ndim - 1) + [(0, u - size)])
+      else:
+        cut_one = lambda v: jax.lax.dynamic_slice_in_dim(v, start, u, -1)
+      return (jax.tree.map(cut_one, (tile.x, tile.untransformed)),
+              tile.mask)
+    return cut
+
+  branches = [source(t, f) for t, f in zip(tiles, lay.sizes)]
+  table = jnp.asarray(block_table(lay))
+
+  def partials(i):
+    layer, start, at = table[i, 0], table[i, 1], table[i, 2]
+    (x, untransformed), mask = jax.lax.switch(layer, branches, start)
+    parts = []
+    for job in jobs:
+      block = tiles[0]._replace(x=x, untransformed=untransformed, mask=mask,
+                                pass_index=job.pass_index)
+      units = jax.tree.map(
+          lambda v: jax.lax.dynamic_slice_in_dim(v, at, u, -1), job.state)
+      parts.append(widen(job.reduce(units, block), u, job.name))
+    return parts, at
+
+  def body(i, joined):
+    parts, at = partials(i)
+    return jax.tree.map(
+        lambda j, p: jax.lax.dynamic_update_slice_in_dim(j, p, at, -1),
+        joined, parts)
+
+  shapes, _ = jax.eval_shape(partials, 0)
+  joined = jax.tree.map(
+      lambda v: jnp.zeros(v.shape[:-1] + (lay.capacity,), v.dtype), shapes)
+  return jax.lax.fori_loop(0, table.shape[0], body, joined)
 
 
 def split(outputs: dict[str, Any], lay: Layout,
@@ -102,10 +208,10 @@ def split(outputs: dict[str, Any], lay: Layout,
   Plain indexing, so that it runs on host (NumPy) arrays as well.
   """
   for key, v in outputs.items():
-    if v.ndim == 0 or v.shape[-1] != lay.total:
+    if v.ndim == 0 or v.shape[-1] != lay.capacity:
       raise ValueError(
           f"{name}: a unit-wise measure's finalize must return one value per "
-          f"unit, got {key!r} of shape {v.shape} for {lay.total} units")
+          f"unit, got {key!r} of shape {v.shape} for {lay.capacity} units")
   return {l: {key: v[..., offset:offset + size].reshape(v.shape[:-1] +
                                                         shapes[l])
               for key, v in outputs.items()}

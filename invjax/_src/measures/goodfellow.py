@@ -157,23 +157,36 @@ def _quantile(q: QuantileStats, alpha: float, bins: int) -> jax.Array:
 
 def _rates_partial(block: base.Block, tau: jax.Array,
                    conditional: bool) -> Rates:
-  """One block's firing counts (to add to the rates)."""
+  """One block's firing counts (to add to the rates).
+
+  Counted as weighted sums of 0/1 values (`stats.weighted_sum`: products
+  with the masks, where XLA:CPU's own reductions are slower), in float32,
+  exact while a block holds fewer than 2²⁴ samples × transformations, else
+  in int32.
+  """
   ident = _identity(block)
   x = block.x.astype(jnp.float32)
   w = _weights(block)
-  fires = ident > tau                                       # (B, *shape)
-  extra = (1,) * (ident.ndim - 1)
-  g_fires = jnp.sum(fires & w.reshape(w.shape + extra), axis=0,
-                    dtype=jnp.int32)
-  pair = block.mask[:, None] & block.t_mask[None, :]        # (B, Tc)
-  pair = pair.reshape(pair.shape + extra)
+  b, tc = x.shape[:2]
+  dtype = jnp.float32 if b * tc < 2**24 else jnp.int32
+  fires = (ident > tau).astype(dtype)                       # (B, *shape)
+  count = lambda v: jnp.round(v).astype(jnp.int32)
+  g_fires = stats.weighted_sum(fires, w, 0)
+  # Over each sample's orbit first, then over the samples.
+  orbit_fires = stats.weighted_sum(
+      x, block.t_mask, 1, lambda v: (v > tau).astype(dtype)).astype(dtype)
+  n_t = jnp.sum(block.t_mask, dtype=jnp.int32)
   if conditional:
-    pair = pair & fires[:, None]     # only the orbits of firing samples
-  l_fires = jnp.sum((x > tau) & pair, axis=(0, 1), dtype=jnp.int32)
-  l_count = jnp.broadcast_to(jnp.sum(pair, axis=(0, 1), dtype=jnp.int32),
-                             tau.shape)
+    # Only the orbits of firing samples count.
+    l_fires = stats.weighted_sum(orbit_fires * fires, block.mask, 0)
+    l_count = count(stats.weighted_sum(fires, block.mask, 0)) * n_t
+  else:
+    l_fires = stats.weighted_sum(orbit_fires, block.mask, 0)
+    l_count = jnp.broadcast_to(jnp.sum(block.mask, dtype=jnp.int32) * n_t,
+                               tau.shape)
+  extra = (1,) * (ident.ndim - 1)
   g_count = jnp.sum(w, dtype=jnp.int32).reshape(extra)
-  return Rates(g_fires, g_count, l_fires, l_count)
+  return Rates(count(g_fires), g_count, count(l_fires), l_count)
 
 
 def goodfellow(*, threshold: str = "normal", alpha: float = 0.99,
