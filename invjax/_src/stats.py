@@ -22,6 +22,7 @@ cannot leak into the statistics (NaN · 0 is NaN).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -99,9 +100,17 @@ def weighted_sum(x: Array, weights: Array, axis: int,
     shape = [1] * x.ndim
     shape[axis] = w.shape[0]
     keep = w.reshape(shape) > 0
-    return jax.tree.map(
-        lambda v: jnp.tensordot(w, jnp.where(keep, v, 0), axes=([0], [axis]),
-                                precision=jax.lax.Precision.HIGHEST), fn(x))
+    lead, n = math.prod(x.shape[:axis]), x.shape[axis]
+
+    def one(v):
+      # (lead, n, rest): the leading axes are a batch of vector-matrix
+      # products, so no operand is transposed.
+      v = jnp.where(keep, v, 0).reshape((lead, n, -1))
+      out = jax.lax.dot_general(
+          jnp.broadcast_to(w, (lead, n)), v, (((1,), (1,)), ((0,), (0,))),
+          precision=jax.lax.Precision.HIGHEST)
+      return out.reshape(x.shape[:axis] + x.shape[axis + 1:])
+    return jax.tree.map(one, fn(x))
 
   def accumulate(x, w):
     def body(k, acc):
