@@ -125,8 +125,8 @@ class Unitwise(NamedTuple):
   on flat layers: ``spec.shape == (F,)``, ``block.x`` (B, Tc, F),
   ``block.untransformed`` (B, F). It keeps one state for all of a measure's
   layers, their units side by side, calls ``reduce`` on each layer's slice
-  of the state (on CPU: on blocks of U units cut from every layer, the
-  last one zero-padded) and ``fold`` once on all units: the kernels are
+  of the state (on CPU: on blocks of U units cut from every layer, a
+  smaller layer zero-padded) and ``fold`` once on all units: the kernels are
   compiled once per measure instead of once per layer shape (XLA:CPU
   compiles each distinct kernel), which is most of a measure program's
   compile time.

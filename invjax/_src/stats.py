@@ -8,12 +8,11 @@ statistics with the pairwise update of Chan, Golub & LeVeque (1979):
 
 Each block's own mean and M2 come from one read of the block as sums of
 data shifted close to their mean (Chan et al.'s "shifted data" form; see
-`block_moments`). A `Moments`
-keeps that shift and the mean's small offset from it apart, so merges
-subtract nearby shifts exactly (Sterbenz) instead of rounding means of large
-magnitude: accumulating in float32 stays accurate to ~1e-6 relative
-without float64, also for activations far from zero (`tests/test_engine.py`
-checks offset/σ up to 1e6).
+`block_moments`). A `Moments` keeps that shift and the mean's small offset
+from it apart, so merges subtract nearby shifts exactly (Sterbenz) instead
+of rounding means of large magnitude: accumulating in float32 stays
+accurate to ~1e-6 relative without float64, also for activations far from
+zero (`tests/test_engine.py` checks offset/σ up to 1e6).
 
 Masks select, never multiply: a masked-out row (padding, another class, a
 sample with non-finite activations) never reaches a sum, so a NaN there
