@@ -85,20 +85,18 @@ def weighted_sum(x: Array, weights: Array, axis: int,
   one traced function serves every backend.
   """
   w = weights.astype(x.dtype)
+  # The weights' shape broadcast along x's axis.
+  along = tuple(w.shape[0] if i == axis else 1 for i in range(x.ndim))
 
   def reduce(x, w):
     if x.shape[axis] <= _UNROLL:
       return accumulate(x, w)
-    shape = [1] * x.ndim
-    shape[axis] = w.shape[0]
-    w = w.reshape(shape)
+    w = w.reshape(along)
     return jax.tree.map(
         lambda v: jnp.sum(jnp.where(w > 0, v * w, 0), axis=axis), fn(x))
 
   def product(x, w):
-    shape = [1] * x.ndim
-    shape[axis] = w.shape[0]
-    keep = w.reshape(shape) > 0
+    keep = w.reshape(along) > 0
     lead, n = math.prod(x.shape[:axis]), x.shape[axis]
 
     def one(v):
