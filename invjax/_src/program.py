@@ -173,7 +173,10 @@ def build_program(plan: Plan):
       ok = mask
       for src in (tiles, untransformed):
         if src is not None:
-          a = src[l]
+          # The flat view the unit-wise reduce reads (`update_all`): read
+          # as (B, Tc, H, W, C), XLA:CPU wrote a tapped layer's bias add out
+          # twice, once per view.
+          a = units.flatten(src[l], 2 if src is tiles else 1)
           # A sum is non-finite iff a term is (or it overflows float32,
           # where the statistics would too), and reduces faster than all().
           ok = ok & jnp.isfinite(jnp.sum(a, axis=tuple(range(1, a.ndim))))

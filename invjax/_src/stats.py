@@ -21,7 +21,6 @@ cannot leak into the statistics (NaN · 0 is NaN).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -35,6 +34,9 @@ Array = jax.Array
 # grows with it, and past it XLA's own reduction moves as few bytes
 # (benchmarks/results/reductions.md).
 _UNROLL = 16
+# Slices added per iteration of `weighted_sum`'s loop on CPU: fewer kernel
+# runs than one each, and the slices stay in cache between its sums.
+_CPU_UNROLL = 8
 
 
 class Moments(NamedTuple):
@@ -77,10 +79,11 @@ def weighted_sum(x: Array, weights: Array, axis: int,
   once (the measurements: benchmarks/results/reductions.md):
   on accelerators an axis of at most `_UNROLL` entries is summed slice by
   slice (an elementwise expression XLA fuses into the consumer) and a
-  longer one is a plain reduction of ``fn(x) * w``; on CPU the product with
-  the weight vector (a matrix-vector product in XLA:CPU's BLAS-like
-  library), where XLA:CPU's own reductions over a leading axis are several
-  times slower and a loop over the axis costs a kernel launch per entry.
+  longer one is a plain reduction of ``fn(x) * w``; on CPU a loop over the
+  axis that adds `_CPU_UNROLL` slices per iteration into sums of one
+  slice's shape, where XLA:CPU's own reductions over the axis, and products
+  with the weight vector (``fn(x)`` masked and written out first), are
+  several times slower.
   `lax.platform_dependent` picks the branch when the program is lowered, so
   one traced function serves every backend.
   """
@@ -90,26 +93,12 @@ def weighted_sum(x: Array, weights: Array, axis: int,
 
   def reduce(x, w):
     if x.shape[axis] <= _UNROLL:
-      return accumulate(x, w)
+      return accumulate(x, w, True)
     w = w.reshape(along)
     return jax.tree.map(
         lambda v: jnp.sum(jnp.where(w > 0, v * w, 0), axis=axis), fn(x))
 
-  def product(x, w):
-    keep = w.reshape(along) > 0
-    lead, n = math.prod(x.shape[:axis]), x.shape[axis]
-
-    def one(v):
-      # (lead, n, rest): the leading axes are a batch of vector-matrix
-      # products, so no operand is transposed.
-      v = jnp.where(keep, v, 0).reshape((lead, n, -1))
-      out = jax.lax.dot_general(
-          jnp.broadcast_to(w, (lead, n)), v, (((1,), (1,)), ((0,), (0,))),
-          precision=jax.lax.Precision.HIGHEST)
-      return out.reshape(x.shape[:axis] + x.shape[axis + 1:])
-    return jax.tree.map(one, fn(x))
-
-  def accumulate(x, w):
+  def accumulate(x, w, unroll):
     def body(k, acc):
       terms = fn(jax.lax.dynamic_index_in_dim(x, k, axis, keepdims=False))
       return jax.tree.map(lambda a, v: jnp.where(w[k] > 0, a + w[k] * v, a),
@@ -118,9 +107,12 @@ def weighted_sum(x: Array, weights: Array, axis: int,
                                        x.dtype)
     zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype),
                          jax.eval_shape(fn, slice_shape))
-    return jax.lax.fori_loop(0, x.shape[axis], body, zeros, unroll=True)
+    return jax.lax.fori_loop(0, x.shape[axis], body, zeros, unroll=unroll)
 
-  return jax.lax.platform_dependent(x, w, cpu=product, default=reduce)
+  def loop(x, w):
+    return accumulate(x, w, max(1, min(x.shape[axis], _CPU_UNROLL)))
+
+  return jax.lax.platform_dependent(x, w, cpu=loop, default=reduce)
 
 
 def head_size(length: int) -> int:

@@ -159,10 +159,9 @@ def _rates_partial(block: base.Block, tau: jax.Array,
                    conditional: bool) -> Rates:
   """One block's firing counts (to add to the rates).
 
-  Counted as weighted sums of 0/1 values (`stats.weighted_sum`: products
-  with the masks, where XLA:CPU's own reductions are slower), in float32,
-  exact while a block holds fewer than 2²⁴ samples × transformations, else
-  in int32.
+  Counted as weighted sums of 0/1 values (`stats.weighted_sum`), in
+  float32, exact while a block holds fewer than 2²⁴ samples ×
+  transformations, else in int32.
   """
   ident = _identity(block)
   x = block.x.astype(jnp.float32)
