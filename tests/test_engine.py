@@ -298,6 +298,19 @@ def test_block_moments_sparse_unit(stats_branch):
   np.testing.assert_array_equal(constant.m2, 0.0)   # exactly: 0/0 → 1 rule
 
 
+def test_shared_moments_computes_moments_of_the_same_arrays_once():
+  from invjax._src import stats
+  x = jnp.arange(12.0).reshape(3, 4)
+  w, v = jnp.array([1.0, 1.0, 0.0]), jnp.array([1.0, 0.0, 1.0])
+  with stats.shared_moments():
+    first = stats.block_moments(x, w, 0)
+    assert stats.block_moments(x, w, 0) is first
+    other = stats.block_moments(x, v, 0)      # other weights: its own
+  np.testing.assert_allclose(first.mean, np.asarray(x)[:2].mean(0))
+  np.testing.assert_allclose(other.mean, np.asarray(x)[[0, 2]].mean(0))
+  assert stats.block_moments(x, w, 0) is not first    # the scope is closed
+
+
 def _reciprocal(x):
   flat = x.reshape(x.shape[0], -1)
   total = jnp.sum(x, axis=(1, 2, 3), keepdims=True)

@@ -21,6 +21,7 @@ cannot leak into the statistics (NaN · 0 is NaN).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -147,6 +148,32 @@ def moments_from_sums(n: Array, shift: Array, s1: Array, s2: Array) -> Moments:
   return Moments(n, md, jnp.maximum(s2 - s1 * md, 0), shift)
 
 
+# The open `shared_moments` scopes, innermost last: each maps
+# (id(x), id(weights), axis) to (x, weights, moments); holding x and weights
+# keeps their ids from being reused while the scope is open.
+_SHARED: list[dict] = []
+
+
+@contextlib.contextmanager
+def shared_moments():
+  """A scope in which `block_moments` of the same arrays is computed once.
+
+  Measures reading the same block trace the same statistics: NV's sample
+  variance and ANOVA both take the column moments of the tile. XLA merges
+  identical expressions but not identical loops (`weighted_sum` on CPU), so
+  each copy would be compiled and run. The engine opens this scope around
+  the measures' reduces of one block (`units.update`); inside it a call
+  with the same ``x`` and ``weights`` objects and axis returns the first
+  call's moments. Arrays are matched by identity, so a scope must not
+  outlive the trace that opened it.
+  """
+  _SHARED.append({})
+  try:
+    yield
+  finally:
+    _SHARED.pop()
+
+
 def block_moments(x: Array, weights: Array, axis: int) -> Moments:
   """Masked moments of `x` along `axis` from one read of shifted data.
 
@@ -162,6 +189,10 @@ def block_moments(x: Array, weights: Array, axis: int) -> Moments:
   Returns:
     Moments with that axis removed; count is a scalar.
   """
+  shared = _SHARED[-1] if _SHARED else {}
+  key = (id(x), id(weights), axis)
+  if key in shared:
+    return shared[key][2]
   w = weights.astype(x.dtype)
   shift = block_shift(x, w, axis)
   # In the reduction branch the closure sees x's full shape: put the reduced
@@ -174,7 +205,10 @@ def block_moments(x: Array, weights: Array, axis: int) -> Moments:
 
   # One read of x for both sums (one fused reduction on accelerators).
   s1, s2 = weighted_sum(x, w, axis, shifted_powers)
-  return moments_from_sums(jnp.sum(w), shift, s1, s2)
+  moments = moments_from_sums(jnp.sum(w), shift, s1, s2)
+  if _SHARED:
+    shared[key] = (x, weights, moments)
+  return moments
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invjax._src import base
+from invjax._src import stats
 
 
 class Layout(NamedTuple):
@@ -118,19 +119,24 @@ def update(jobs: Sequence[Job], lay: Layout,
   Each job's ``reduce`` runs on each layer's flat block ``block_of(layer)``
   (whole, or in blocks of ``lay.block`` units, cut once for all jobs) and
   its slice of the job's state; one ``fold`` per job merges the joined
-  partials. The jobs share the blocks' activations and differ in pass.
+  partials. The jobs share the blocks' activations and differ in pass; the
+  moments they take of the same block are computed once
+  (`stats.shared_moments`).
   """
-  block_of_job = lambda job, l: block_of(l)._replace(
-      pass_index=job.pass_index)
+  blocks = {l: block_of(l) for l in lay.layers}
   if lay.block:
-    joined = _reduce_blocks(jobs, lay, block_of)
+    joined = _reduce_blocks(jobs, lay, blocks)
   else:
-    joined = [join([widen(job.reduce(take(job.state, offset, size),
-                                     block_of_job(job, l)), size, job.name)
-                    for l, offset, size in lay.slices()]) for job in jobs]
+    def reduce(job, l, offset, size):
+      part = job.reduce(take(job.state, offset, size),
+                        blocks[l]._replace(pass_index=job.pass_index))
+      return widen(part, size, job.name)
+    with stats.shared_moments():
+      joined = [join([reduce(job, *layer) for layer in lay.slices()])
+                for job in jobs]
   # The fold reads the chunk's position only: the tiles are in the parts.
-  where = block_of(lay.layers[0])._replace(x=None, mask=None, labels=None,
-                                           untransformed=None)
+  where = blocks[lay.layers[0]]._replace(x=None, mask=None, labels=None,
+                                         untransformed=None)
   return [job.fold(job.state, part, where._replace(pass_index=job.pass_index))
           for job, part in zip(jobs, joined)]
 
@@ -155,11 +161,11 @@ def block_table(lay: Layout) -> np.ndarray:
 
 
 def _reduce_blocks(jobs: Sequence[Job], lay: Layout,
-                   block_of: Callable[[str], base.Block]) -> list[Any]:
+                   blocks: dict[str, base.Block]) -> list[Any]:
   """Every job's partials over all layers from one loop over their blocks
   of U units (each block cut once, for all jobs)."""
   u = lay.block
-  tiles = [block_of(l) for l in lay.layers]
+  tiles = [blocks[l] for l in lay.layers]
 
   def source(tile: base.Block, size: int):
     """The branch that cuts U units from this layer (or pads it to U)."""
@@ -180,12 +186,13 @@ def _reduce_blocks(jobs: Sequence[Job], lay: Layout,
     layer, start, at = table[i, 0], table[i, 1], table[i, 2]
     (x, untransformed), mask = jax.lax.switch(layer, branches, start)
     parts = []
-    for job in jobs:
-      block = tiles[0]._replace(x=x, untransformed=untransformed, mask=mask,
-                                pass_index=job.pass_index)
-      units = jax.tree.map(
-          lambda v: jax.lax.dynamic_slice_in_dim(v, at, u, -1), job.state)
-      parts.append(widen(job.reduce(units, block), u, job.name))
+    with stats.shared_moments():
+      for job in jobs:
+        block = tiles[0]._replace(x=x, untransformed=untransformed,
+                                  mask=mask, pass_index=job.pass_index)
+        units = jax.tree.map(
+            lambda v: jax.lax.dynamic_slice_in_dim(v, at, u, -1), job.state)
+        parts.append(widen(job.reduce(units, block), u, job.name))
     return parts, at
 
   def body(i, joined):
