@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import warnings
 
 import jax
@@ -306,6 +307,12 @@ def test_shared_moments_computes_moments_of_the_same_arrays_once():
     first = stats.block_moments(x, w, 0)
     assert stats.block_moments(x, w, 0) is first
     other = stats.block_moments(x, v, 0)      # other weights: its own
+    elsewhere = []                            # another thread: its own
+    thread = threading.Thread(
+        target=lambda: elsewhere.append(stats.block_moments(x, w, 0)))
+    thread.start()
+    thread.join()
+    assert elsewhere[0] is not first
   np.testing.assert_allclose(first.mean, np.asarray(x)[:2].mean(0))
   np.testing.assert_allclose(other.mean, np.asarray(x)[[0, 2]].mean(0))
   assert stats.block_moments(x, w, 0) is not first    # the scope is closed

@@ -22,6 +22,7 @@ cannot leak into the statistics (NaN · 0 is NaN).
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -148,10 +149,17 @@ def moments_from_sums(n: Array, shift: Array, s1: Array, s2: Array) -> Moments:
   return Moments(n, md, jnp.maximum(s2 - s1 * md, 0), shift)
 
 
-# The open `shared_moments` scopes, innermost last: each maps
-# (id(x), id(weights), axis) to (x, weights, moments); holding x and weights
-# keeps their ids from being reused while the scope is open.
-_SHARED: list[dict] = []
+# Each thread's open `shared_moments` scopes (``.open``), innermost last:
+# each maps (id(x), id(weights), axis) to (x, weights, moments); holding x
+# and weights keeps their ids from being reused while the scope is open.
+# Per thread, so that a trace in one thread never sees another's arrays.
+_SHARED = threading.local()
+
+
+def _open_scopes() -> list[dict]:
+  if not hasattr(_SHARED, "open"):
+    _SHARED.open = []
+  return _SHARED.open
 
 
 @contextlib.contextmanager
@@ -167,11 +175,12 @@ def shared_moments():
   call's moments. Arrays are matched by identity, so a scope must not
   outlive the trace that opened it.
   """
-  _SHARED.append({})
+  scopes = _open_scopes()
+  scopes.append({})
   try:
     yield
   finally:
-    _SHARED.pop()
+    scopes.pop()
 
 
 def block_moments(x: Array, weights: Array, axis: int) -> Moments:
@@ -189,7 +198,8 @@ def block_moments(x: Array, weights: Array, axis: int) -> Moments:
   Returns:
     Moments with that axis removed; count is a scalar.
   """
-  shared = _SHARED[-1] if _SHARED else {}
+  scopes = _open_scopes()
+  shared = scopes[-1] if scopes else {}
   key = (id(x), id(weights), axis)
   if key in shared:
     return shared[key][2]
@@ -206,7 +216,7 @@ def block_moments(x: Array, weights: Array, axis: int) -> Moments:
   # One read of x for both sums (one fused reduction on accelerators).
   s1, s2 = weighted_sum(x, w, axis, shifted_powers)
   moments = moments_from_sums(jnp.sum(w), shift, s1, s2)
-  if _SHARED:
+  if scopes:
     shared[key] = (x, weights, moments)
   return moments
 
