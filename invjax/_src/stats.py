@@ -90,13 +90,13 @@ def weighted_sum(x: Array, weights: Array, axis: int,
   one traced function serves every backend.
   """
   w = weights.astype(x.dtype)
-  # The weights' shape broadcast along x's axis.
-  along = tuple(w.shape[0] if i == axis else 1 for i in range(x.ndim))
 
   def reduce(x, w):
     if x.shape[axis] <= _UNROLL:
       return accumulate(x, w, True)
-    w = w.reshape(along)
+    # The weights broadcast along x's axis.
+    w = w.reshape(tuple(w.shape[0] if i == axis else 1
+                        for i in range(x.ndim)))
     return jax.tree.map(
         lambda v: jnp.sum(jnp.where(w > 0, v * w, 0), axis=axis), fn(x))
 
