@@ -37,9 +37,7 @@ def update_program(measures, tiles, untransformed, mask, t):
   b = mask.shape[0]
   specs = {l: base.LayerSpec(l, tiles[l].shape[2:], jnp.float32, t, t, b)
            for l in names}
-  lay = units.layout(names, specs,
-                     program.UNIT_BLOCK if jax.default_backend() == "cpu"
-                     else 0)
+  lay = units.layout(names, specs, program.unit_block())
   spec = units.flat_spec(specs[names[0]], lay)
   states = [units.widen(m.init(spec), lay.capacity, m.name)
             for m in measures]

@@ -42,6 +42,14 @@ def row_major(x: jax.Array) -> jax.Array:
 UNIT_BLOCK = 512
 
 
+def unit_block(mesh=None) -> int:
+  """The ``block`` of `units.layout`: `UNIT_BLOCK` on one CPU device, else 0
+  (each layer whole: accelerators pay a launch per block, and a mesh's
+  partitioner would reduce each block across devices)."""
+  blocked = mesh is None and jax.default_backend() == "cpu"
+  return UNIT_BLOCK if blocked else 0
+
+
 class Plan:
   """Everything static about one set of compiled measure programs."""
 
@@ -62,16 +70,12 @@ class Plan:
             if self.spatial[l] or not m.requires.inverse]
 
   def unit_layout(self, m: base.Measure) -> units.Layout | None:
-    """The shared unit axis of a unit-wise measure's layers, else None.
-
-    On one CPU device they are reduced in blocks of `UNIT_BLOCK` units
-    (`units`); a mesh's partitioner would reduce each block across devices.
-    """
+    """The shared unit axis of a unit-wise measure's layers (reduced in
+    blocks of `unit_block` units), else None."""
     layers = self.layers_for(m)
     if m.unitwise is None or not layers:
       return None
-    blocked = self.mesh is None and jax.default_backend() == "cpu"
-    return units.layout(layers, self.specs, UNIT_BLOCK if blocked else 0)
+    return units.layout(layers, self.specs, unit_block(self.mesh))
 
 
 def build_program(plan: Plan):
