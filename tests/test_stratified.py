@@ -45,7 +45,10 @@ def _compare(a, b, rtol):
     np.testing.assert_array_equal(va[~fin], vb[~fin], err_msg=layer)
 
 
-@pytest.mark.parametrize("batch_size", [3, 8, 10, 22])
+# 3: every batch holds both classes; 10: a short last batch (22 = 10+10+2),
+# class 0 alone (8 samples) one short batch. One batch of all 22 is
+# test_class_results_do_not_depend_on_the_batch_size's.
+@pytest.mark.parametrize("batch_size", [3, 10])
 def test_each_class_equals_the_class_alone(batch_size):
   x, y, border = _data()
   names = ["pixels", "tanh"]
@@ -67,7 +70,7 @@ def test_each_class_equals_the_class_alone(batch_size):
 def test_class_results_do_not_depend_on_the_batch_size():
   x, y, _ = _data()
   runs = [invjax.measure(_model, x, tr.rot90(), _MEASURES, labels=y,
-                         stratify=True, batch_size=b) for b in (4, 7, 22)]
+                         stratify=True, batch_size=b) for b in (4, 22)]
   for other in runs[1:]:
     for a, b in zip(runs[0], other):
       for c in (0, 1):
