@@ -10,8 +10,10 @@ Three compiled programs over the same N × T transformed MNIST-shaped images
   combined: NV, ANOVA and Goodfellow in one `invjax.measure` call;
   pallas (with --pallas): NV with ``implementation="pallas"``, one read of
     every tile (a GPU's; elsewhere Pallas' interpret mode, very slow).
-Reports median wall times and the ratios measure/forward, measure/floor and
-combined/measure (and pallas/forward, with its largest deviation from NV).
+The programs run in turn, ``--repeats`` rounds. Reports median wall times
+and the medians over rounds of the ratios measure/forward, measure/floor
+and combined/measure (and pallas/forward, with its largest deviation from
+NV).
 """
 
 from __future__ import annotations
@@ -30,14 +32,22 @@ from invjax import models
 from invjax import transforms as tr
 
 
-def _time(fn, repeats):
-  jax.block_until_ready(fn())                       # compile + warm up
-  times = []
+def _time_in_turn(fns: dict, repeats: int) -> dict[str, list[float]]:
+  """Wall times of each program, ``repeats`` rounds that run them in turn.
+
+  Round-robin rather than one program after another: a machine whose speed
+  drifts (a shared VM's can move by half within minutes) then shifts every
+  program of a round alike, and the per-round ratios keep their meaning.
+  """
+  for fn in fns.values():
+    jax.block_until_ready(fn())                     # compile + warm up
+  times = {name: [] for name in fns}
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - t0)
+  return times
 
 
 def setup(n: int, t: int, batch_size: int, channels: int = 32):
@@ -77,7 +87,8 @@ def main():
   p.add_argument("--t", type=int, default=16)
   p.add_argument("--batch-size", type=int, default=128)
   p.add_argument("--channels", type=int, default=32)
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=5,
+                 help="rounds, each running every program once in turn")
   p.add_argument("--pallas", action="store_true",
                  help="also time NV with implementation='pallas'")
   args = p.parse_args()
@@ -88,27 +99,40 @@ def main():
   batches = jnp.asarray(s.batches)
   nv = ms.normalized_variance()
 
-  t_forward = _time(lambda: s.forward(variables, batches), args.repeats)
-  t_floor = _time(lambda: s.floor(variables, batches), args.repeats)
-  t_measure = _time(lambda: invjax.measure(acts, images, ts, nv, batch_size=b)
-                    .per_layer, args.repeats)
   combined = [nv, ms.anova_f(), ms.goodfellow()]
-  t_combined = _time(lambda: [r.per_layer for r in invjax.measure(
-      acts, images, ts, combined, batch_size=b)], args.repeats)
+  fns = {
+      "forward": lambda: s.forward(variables, batches),
+      "floor": lambda: s.floor(variables, batches),
+      "measure": lambda: invjax.measure(acts, images, ts, nv,
+                                        batch_size=b).per_layer,
+      "combined": lambda: [r.per_layer for r in invjax.measure(
+          acts, images, ts, combined, batch_size=b)],
+  }
+  times = _time_in_turn(fns, args.repeats)
+  med = {name: float(np.median(v)) for name, v in times.items()}
+  # The median over rounds of each round's ratio.
+  ratio = lambda a, b: float(np.median(np.divide(times[a], times[b])))
+  layers = len(acts.layer_names(images[:1]))
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-        f"N={args.n}, T={args.t}, batch={b}, layers={len(acts.layer_names(images[:1]))}")
-  print(f"forward  {t_forward * 1e3:9.1f} ms")
-  print(f"floor    {t_floor * 1e3:9.1f} ms  (forward + one read of every tap)")
-  print(f"measure  {t_measure * 1e3:9.1f} ms  (NV, every layer)")
-  print(f"combined {t_combined * 1e3:9.1f} ms  (NV + ANOVA + Goodfellow, "
+        f"N={args.n}, T={args.t}, batch={b}, layers={layers}, "
+        f"{args.repeats} rounds in turn (medians)")
+  print(f"forward  {med['forward'] * 1e3:9.1f} ms")
+  print(f"floor    {med['floor'] * 1e3:9.1f} ms  "
+        "(forward + one read of every tap)")
+  print(f"measure  {med['measure'] * 1e3:9.1f} ms  (NV, every layer)")
+  print(f"combined {med['combined'] * 1e3:9.1f} ms  (NV + ANOVA + Goodfellow, "
         "one call)")
-  print(f"measure/forward = {t_measure / t_forward:.2f}x   "
-        f"measure/floor = {t_measure / t_floor:.2f}x   "
-        f"combined/measure = {t_combined / t_measure:.2f}x")
+  print(f"measure/forward = {ratio('measure', 'forward'):.2f}x   "
+        f"measure/floor = {ratio('measure', 'floor'):.2f}x   "
+        f"combined/measure = {ratio('combined', 'measure'):.2f}x")
+  print("measure/forward by round: " + " ".join(
+      f"{m / f:.2f}" for m, f in zip(times["measure"], times["forward"])))
   if args.pallas:
     fused = ms.normalized_variance(implementation="pallas")
     run = lambda m: invjax.measure(acts, images, ts, m, batch_size=b)
-    t_pallas = _time(lambda: run(fused).per_layer, args.repeats)
+    times.update(_time_in_turn({"pallas": lambda: run(fused).per_layer,
+                                "forward": fns["forward"],
+                                "floor": fns["floor"]}, args.repeats))
     a, f = run(nv), run(fused)
     dev, differ = 0.0, 0
     for l in a.layers:
@@ -117,9 +141,10 @@ def main():
       differ += int(np.sum(np.isfinite(x) != np.isfinite(y)))
       dev = max(dev, float(np.max(np.abs(y - x)[both] / np.maximum(
           np.abs(x[both]), 1e-3), initial=0)))
-    print(f"pallas   {t_pallas * 1e3:9.1f} ms  (NV, one read per tile)")
-    print(f"pallas/forward = {t_pallas / t_forward:.2f}x   "
-          f"pallas/floor = {t_pallas / t_floor:.2f}x")
+    print(f"pallas   {np.median(times['pallas']) * 1e3:9.1f} ms  "
+          "(NV, one read per tile)")
+    print(f"pallas/forward = {ratio('pallas', 'forward'):.2f}x   "
+          f"pallas/floor = {ratio('pallas', 'floor'):.2f}x")
     print(f"pallas vs NV: largest deviation {dev:.1e} (of max(|NV|, 1e-3)), "
           f"{differ} units finite in one only")
 

@@ -70,10 +70,13 @@ def _close(actual, expected, rtol=1e-5):
                              atol=rtol * scale)
 
 
-@pytest.mark.parametrize("batch_size,chunk", [(1, None), (4, None), (5, 2),
-                                              (13, None), (32, 3)])
-@pytest.mark.parametrize("statistic,ddof", [("variance", 1), ("std", 1),
-                                            ("variance", 0)])
+# Every batching with the default statistic; the others (applied when the
+# streamed moments are finalized) at a single and at a chunked batching.
+@pytest.mark.parametrize("batch_size,chunk,statistic,ddof", [
+    (1, None, "variance", 1), (4, None, "variance", 1),
+    (5, 2, "variance", 1), (13, None, "variance", 1), (32, 3, "variance", 1),
+    (13, None, "std", 1), (5, 2, "std", 1),
+    (1, None, "variance", 0), (32, 3, "variance", 0)])
 def test_matches_reference(images, batch_size, chunk, statistic, ddof):
   ts = tr.rotation([0.0, 20.0, 45.0, 90.0, 135.0])
   measures = [ms.transformation_variance(statistic=statistic, ddof=ddof),
