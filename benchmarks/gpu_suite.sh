@@ -31,7 +31,7 @@ step() {  # step NAME SECONDS CMD...
 XLA_PYTHON_CLIENT_PREALLOCATE=false \
   step tests 120 "$py" -m pytest -q -p no:cacheprovider -n 4 tests/test_variance.py \
   tests/test_fused_sums.py
-step nv_vs_forward 120 "$py" benchmarks/nv_vs_forward.py --n 10000 --t 16 --batch-size 1024 --pallas
+step nv_vs_forward 120 "$py" benchmarks/nv_vs_forward.py --n 10000 --t 16 --batch-size 1024 --repeats 3 --pallas
 step lee 120 "$py" benchmarks/lee_throughput.py --num-images 4096 --batch-size 256 --repeats 3 --layerwise
 step vs_tmeasures 240 "$py" benchmarks/vs_tmeasures.py --device cuda --peer-python "$peer" \
   --sizes 10000x16,10000x64 --images-per-step 4096 --repeats 3 --peer-batch-size 512 \
