@@ -32,7 +32,7 @@ from invjax import models
 from invjax import transforms as tr
 
 
-def _time_in_turn(fns: dict, repeats: int) -> dict[str, list[float]]:
+def time_in_turn(fns: dict, repeats: int) -> dict[str, list[float]]:
   """Wall times of each program, ``repeats`` rounds that run them in turn.
 
   Round-robin rather than one program after another: a machine whose speed
@@ -108,7 +108,7 @@ def main():
       "combined": lambda: [r.per_layer for r in invjax.measure(
           acts, images, ts, combined, batch_size=b)],
   }
-  times = _time_in_turn(fns, args.repeats)
+  times = time_in_turn(fns, args.repeats)
   med = {name: float(np.median(v)) for name, v in times.items()}
   # The median over rounds of each round's ratio.
   ratio = lambda a, b: float(np.median(np.divide(times[a], times[b])))
@@ -130,9 +130,9 @@ def main():
   if args.pallas:
     fused = ms.normalized_variance(implementation="pallas")
     run = lambda m: invjax.measure(acts, images, ts, m, batch_size=b)
-    times.update(_time_in_turn({"pallas": lambda: run(fused).per_layer,
-                                "forward": fns["forward"],
-                                "floor": fns["floor"]}, args.repeats))
+    times.update(time_in_turn({"pallas": lambda: run(fused).per_layer,
+                               "forward": fns["forward"],
+                               "floor": fns["floor"]}, args.repeats))
     a, f = run(nv), run(fused)
     dev, differ = 0.0, 0
     for l in a.layers:

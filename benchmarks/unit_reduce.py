@@ -14,7 +14,6 @@ pass is left out, so the ratio isolates the statistics' own cost.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,8 @@ from invjax import measures as ms
 from invjax._src import base
 from invjax._src import program
 from invjax._src import units
+
+from nv_vs_forward import time_in_turn  # pylint: disable=g-import-not-at-top
 
 # SimpleConv's taps (channels=32): conv1, its activation, conv2, its
 # activation, pool1, conv3, ..., fc1, its activation, logits.
@@ -80,14 +81,7 @@ def main():
           [ms.normalized_variance(), ms.anova_f(), ms.goodfellow()], tiles,
           untransformed, mask, t),
   }
-  times = {name: [] for name in programs}
-  for fn in programs.values():
-    jax.block_until_ready(fn())
-  for _ in range(args.rounds):       # alternated: the machine's drift is shared
-    for name, fn in programs.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - t0)
+  times = time_in_turn(programs, args.rounds)
   mb = sum(v.size for v in tiles.values()) * 4 / 1e6
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"B={b}, T={t}, {len(tiles)} layers, {mb:.0f} MB of tiles")
