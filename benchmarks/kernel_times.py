@@ -15,7 +15,9 @@ source op: ``.../conv2/conv_general_dilated`` is a forward convolution,
 of the measure's program whose op_name is a forward op is the forward's
 work again; the rest is the measure's. Then, by kind (the
 instruction name without its number): the launches and time per kind,
-which show how much goes to many small launches (loop overhead).
+which show how much goes to many small launches (loop overhead). Last, how
+long each program had kernels running, and how long on two or more threads
+at once (XLA:CPU runs independent kernels concurrently).
 
 The measure's compiled program is obtained from the engine's `plan.prepare`
 (internal API), as `invjax.measure` compiles it, to read the op_names.
@@ -47,11 +49,15 @@ _OP_NAME = re.compile(
     r"^\s*(?:ROOT )?%?([\w.-]+) = .*?op_name=\"([^\"]+)\"", re.M)
 
 
-def kernel_times(trace_dir: str) -> dict[str, tuple[float, int]]:
-  """{kernel: (exclusive seconds, launches)} from a profiler trace."""
+def trace_events(trace_dir: str) -> list[dict]:
+  """The events of the profiler trace in ``trace_dir``."""
   (path,) = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
   data = json.load(gzip.open(path))
-  events = data["traceEvents"] if isinstance(data, dict) else data
+  return data["traceEvents"] if isinstance(data, dict) else data
+
+
+def kernel_times(events: list[dict]) -> dict[str, tuple[float, int]]:
+  """{kernel: (exclusive seconds, launches)} from a profiler trace."""
   threads = collections.defaultdict(list)
   for e in events:
     if e.get("ph") == "X" and "dur" in e:
@@ -75,12 +81,44 @@ def kernel_times(trace_dir: str) -> dict[str, tuple[float, int]]:
   return {k: (total[k], count[k]) for k in total}
 
 
-def traced(fn) -> dict[str, tuple[float, int]]:
-  """`kernel_times` of one call of ``fn``."""
+def overlap(events: list[dict]) -> tuple[float, float]:
+  """(seconds with a kernel running, seconds with kernels on ≥ 2 threads).
+
+  XLA:CPU runs independent kernels on its threads at once: the second
+  figure is how long the program kept two cores busy with its own kernels.
+  """
+  spans = collections.defaultdict(list)
+  for e in events:
+    if e.get("ph") == "X" and "dur" in e and _KERNEL.match(e["name"]):
+      spans[e["tid"]].append((e["ts"], e["ts"] + e["dur"]))
+  edges = []
+  for iv in spans.values():
+    # A thread's nested events (a loop and its body's kernels) count once.
+    iv.sort()
+    merged = [list(iv[0])]
+    for a, b in iv[1:]:
+      if a <= merged[-1][1]:
+        merged[-1][1] = max(merged[-1][1], b)
+      else:
+        merged.append([a, b])
+    edges += [(a, 1) for a, _ in merged] + [(b, -1) for _, b in merged]
+  edges.sort()
+  busy, both, active, last = 0.0, 0.0, 0, None
+  for t, step in edges:
+    if last is not None:
+      busy += (t - last) * (active >= 1)
+      both += (t - last) * (active >= 2)
+    active, last = active + step, t
+  return busy * 1e-6, both * 1e-6
+
+
+def traced(fn) -> tuple[dict[str, tuple[float, int]], tuple[float, float]]:
+  """`kernel_times` and `overlap` of one call of ``fn``."""
   with tempfile.TemporaryDirectory() as d:
     with jax.profiler.trace(d):
       jax.block_until_ready(fn())
-    return kernel_times(d)
+    events = trace_events(d)
+  return kernel_times(events), overlap(events)
 
 
 def report(rounds: list[dict], hlo_text: str, name: str, top: int) -> float:
@@ -140,13 +178,20 @@ def main():
   rounds = {name: [] for name in programs}
   for fn in programs.values():
     jax.block_until_ready(fn())                        # compile + warm up
+  overlaps = {name: [] for name in programs}
   for _ in range(args.rounds):
     # In turn, so that the machine's drift moves both programs alike.
     for name, fn in programs.items():
-      rounds[name].append(traced(fn))
+      times, busy = traced(fn)
+      rounds[name].append(times)
+      overlaps[name].append(busy)
   t_forward = report(rounds["forward"], forward_hlo, "forward", args.top)
   t_measure = report(rounds["measure"], measure_hlo, "measure", args.top)
   print(f"\nkernel time measure/forward = {t_measure / t_forward:.2f}x")
+  for name, values in overlaps.items():
+    busy, both = np.median(values, axis=0)
+    print(f"{name}: kernels running {busy:.2f} s, on two or more threads at "
+          f"once {both:.2f} s (medians)")
 
 
 if __name__ == "__main__":
