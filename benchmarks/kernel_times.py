@@ -50,18 +50,19 @@ _OP_NAME = re.compile(
 
 
 def trace_events(trace_dir: str) -> list[dict]:
-  """The events of the profiler trace in ``trace_dir``."""
+  """The complete events (with a start and a duration) of the profiler
+  trace in ``trace_dir``."""
   (path,) = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
   data = json.load(gzip.open(path))
-  return data["traceEvents"] if isinstance(data, dict) else data
+  events = data["traceEvents"] if isinstance(data, dict) else data
+  return [e for e in events if e.get("ph") == "X" and "dur" in e]
 
 
 def kernel_times(events: list[dict]) -> dict[str, tuple[float, int]]:
   """{kernel: (exclusive seconds, launches)} from a profiler trace."""
   threads = collections.defaultdict(list)
   for e in events:
-    if e.get("ph") == "X" and "dur" in e:
-      threads[(e["pid"], e["tid"])].append(e)
+    threads[(e["pid"], e["tid"])].append(e)
   total = collections.Counter()
   count = collections.Counter()
   for es in threads.values():
@@ -89,8 +90,8 @@ def overlap(events: list[dict]) -> tuple[float, float]:
   """
   spans = collections.defaultdict(list)
   for e in events:
-    if e.get("ph") == "X" and "dur" in e and _KERNEL.match(e["name"]):
-      spans[e["tid"]].append((e["ts"], e["ts"] + e["dur"]))
+    if _KERNEL.match(e["name"]):
+      spans[(e["pid"], e["tid"])].append((e["ts"], e["ts"] + e["dur"]))
   edges = []
   for iv in spans.values():
     # A thread's nested events (a loop and its body's kernels) count once.
