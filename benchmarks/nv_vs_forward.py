@@ -13,12 +13,13 @@ Three compiled programs over the same N × T transformed MNIST-shaped images
 The programs run in turn, ``--repeats`` rounds. Reports median wall times
 and the medians over rounds of the ratios measure/forward, measure/floor
 and combined/measure (and pallas/forward, with its largest deviation from
-NV).
+NV), and each program's minor page faults per call.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 import types
 
@@ -32,21 +33,30 @@ from invjax import models
 from invjax import transforms as tr
 
 
-def time_in_turn(fns: dict, repeats: int) -> dict[str, list[float]]:
+def time_in_turn(fns: dict, repeats: int,
+                 faults: dict | None = None) -> dict[str, list[float]]:
   """Wall times of each program, ``repeats`` rounds that run them in turn.
 
   Round-robin rather than one program after another: a machine whose speed
   drifts (a shared VM's can move by half within minutes) then shifts every
   program of a round alike, and the per-round ratios keep their meaning.
+  ``faults``, when given, receives each program's minor page faults per
+  call (the process's, all threads): XLA:CPU allocates a program's temporary
+  buffers at every call, and the kernels that first touch them pay a fault
+  per fresh page.
   """
   for fn in fns.values():
     jax.block_until_ready(fn())                     # compile + warm up
   times = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
+      f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       t0 = time.perf_counter()
       jax.block_until_ready(fn())
       times[name].append(time.perf_counter() - t0)
+      if faults is not None:
+        faults.setdefault(name, []).append(
+            resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
   return times
 
 
@@ -108,7 +118,8 @@ def main():
       "combined": lambda: [r.per_layer for r in invjax.measure(
           acts, images, ts, combined, batch_size=b)],
   }
-  times = time_in_turn(fns, args.repeats)
+  faults = {}
+  times = time_in_turn(fns, args.repeats, faults)
   med = {name: float(np.median(v)) for name, v in times.items()}
   # The median over rounds of each round's ratio.
   ratio = lambda a, b: float(np.median(np.divide(times[a], times[b])))
@@ -127,6 +138,8 @@ def main():
         f"combined/measure = {ratio('combined', 'measure'):.2f}x")
   print("measure/forward by round: " + " ".join(
       f"{m / f:.2f}" for m, f in zip(times["measure"], times["forward"])))
+  print("minor page faults per call (medians): " + ", ".join(
+      f"{name} {np.median(v):,.0f}" for name, v in faults.items()))
   if args.pallas:
     fused = ms.normalized_variance(implementation="pallas")
     run = lambda m: invjax.measure(acts, images, ts, m, batch_size=b)
