@@ -21,6 +21,7 @@ if str(REPO) not in sys.path:
 import invjax
 from experiments import _runner
 from experiments import shared_invariance_matrix as exp
+import references
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 NAME = "shared_invariance_matrix"
@@ -32,15 +33,6 @@ def run(tmp_path_factory):
   outdir, summary = _runner.run_experiment(NAME, smoke=True, out=out,
                                            quiet=True)
   return outdir, summary, invjax.sweep.load(outdir)
-
-
-def _linear_cka(x, y):
-  """Linear CKA from the (n × n) Gram matrices, in float64."""
-  x = x.reshape(len(x), -1).astype(np.float64)
-  y = y.reshape(len(y), -1).astype(np.float64)
-  x, y = x - x.mean(0), y - y.mean(0)
-  kx, ky = x @ x.T, y @ y.T
-  return (kx * ky).sum() / np.sqrt((kx * kx).sum() * (ky * ky).sum())
 
 
 def _pairs_dir(outdir):
@@ -88,11 +80,11 @@ def test_stir_and_cka_recomputed_in_float64(run):
   for a in names:
     for b in names:
       # STIR(b | a) = CKA(b(X), b(X′_a)) with X′_a the inversion of a.
-      ref = _linear_cka(feats[f"{b}@X"], feats[f"{b}@{a}"])
+      ref = references.linear_cka(feats[f"{b}@X"], feats[f"{b}@{a}"])
       assert value[f"stir:{b}|{a}"] == pytest.approx(ref, abs=1e-4)
   for i, a in enumerate(names):
     for b in names[i + 1:]:
-      ref = _linear_cka(feats[f"{a}@X"], feats[f"{b}@X"])
+      ref = references.linear_cka(feats[f"{a}@X"], feats[f"{b}@X"])
       assert value[f"linear_cka:{a}|{b}"] == pytest.approx(ref, abs=1e-4)
 
 

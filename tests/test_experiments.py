@@ -22,6 +22,7 @@ if str(REPO) not in sys.path:
 import invjax  # pylint: disable=g-import-not-at-top
 from experiments import _runner  # pylint: disable=g-import-not-at-top
 from invjax import cli  # pylint: disable=g-import-not-at-top
+import references  # pylint: disable=g-import-not-at-top
 
 NAMES = ("mnist_rotation_augmentation", "random_init_stability",
          "architectures_cifar10", "genuine_invariance", "shared_invariance",
@@ -292,14 +293,6 @@ def test_noise_and_crops_are_in_range():
   assert crops.shape == (4, 28, 28, 1) and 0 <= crops.min() <= crops.max() <= 1
 
 
-def _linear_cka(x, y):
-  x = x.reshape(len(x), -1).astype(np.float64)
-  y = y.reshape(len(y), -1).astype(np.float64)
-  x, y = x - x.mean(0), y - y.mean(0)
-  kx, ky = x @ x.T, y @ y.T
-  return (kx * ky).sum() / np.sqrt((kx * kx).sum() * (ky * ky).sum())
-
-
 def test_shared_invariance(runs):
   import invjax.train as T  # pylint: disable=g-import-not-at-top
   from experiments import shared_invariance as exp
@@ -318,8 +311,8 @@ def test_shared_invariance(runs):
   for pair, rec in metrics["pairs"].items():
     m1, m2 = pair.split(" vs ")
     # Plain CKA against a Gram-matrix (n × n) float64 reference.
-    assert rec["cka"] == pytest.approx(_linear_cka(feats[m1], feats[m2]),
-                                       abs=1e-4)
+    ref = references.linear_cka(feats[m1], feats[m2])
+    assert rec["cka"] == pytest.approx(ref, abs=1e-4)
     assert 0 <= rec["m2_given_m1"] <= 1 and 0 <= rec["m1_given_m2"] <= 1
 
 
