@@ -15,30 +15,11 @@ import pytest
 
 import invjax
 from invjax import similarity as sim
+import references
 
 # ---------------------------------------------------------------------------
 # NumPy references (float64, explicit n × n matrices).
 # ---------------------------------------------------------------------------
-
-
-def _np_rows(a):
-  a = np.asarray(a, np.float64)
-  return a.reshape(a.shape[0], -1)
-
-
-def _np_hsic_biased(k, l):
-  n = k.shape[0]
-  h = np.eye(n) - np.ones((n, n)) / n
-  return np.trace(k @ h @ l @ h) / (n - 1) ** 2
-
-
-def _np_cka_from_grams(k, l, hsic):
-  return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
-
-
-def np_linear_cka(x, y):
-  x, y = _np_rows(x), _np_rows(y)
-  return _np_cka_from_grams(x @ x.T, y @ y.T, _np_hsic_biased)
 
 
 def _np_lower_median(v):
@@ -47,7 +28,7 @@ def _np_lower_median(v):
 
 
 def _np_rbf_gram(x, sigma_scale, median="lower"):
-  x = _np_rows(x)
+  x = references.rows(x)
   n = x.shape[0]
   d = np.zeros((n, n))
   for i in range(n):
@@ -62,9 +43,9 @@ def _np_rbf_gram(x, sigma_scale, median="lower"):
 
 
 def np_rbf_cka(x, y, sigma_scale=1.0, median="lower"):
-  return _np_cka_from_grams(_np_rbf_gram(x, sigma_scale, median),
-                            _np_rbf_gram(y, sigma_scale, median),
-                            _np_hsic_biased)
+  return references.cka_from_grams(_np_rbf_gram(x, sigma_scale, median),
+                                   _np_rbf_gram(y, sigma_scale, median),
+                                   references.hsic_biased)
 
 
 def np_hsic_unbiased(k, l):
@@ -91,8 +72,8 @@ def np_hsic_ustatistic(k, l):
 
 
 def np_unbiased_cka(x, y):
-  x, y = _np_rows(x), _np_rows(y)
-  return _np_cka_from_grams(x @ x.T, y @ y.T, np_hsic_unbiased)
+  x, y = references.rows(x), references.rows(y)
+  return references.cka_from_grams(x @ x.T, y @ y.T, np_hsic_unbiased)
 
 
 def _related_pair(seed, n=40, dx=12, dy=9, shape_x=None):
@@ -116,7 +97,7 @@ def _random_orthogonal(rng, d):
 
 
 _CASES = [
-    (sim.linear_cka, np_linear_cka),
+    (sim.linear_cka, references.linear_cka),
     (sim.rbf_cka, np_rbf_cka),
     (sim.unbiased_cka, np_unbiased_cka),
 ]
@@ -146,7 +127,8 @@ def test_linear_cka_large_offset_float32():
   x, y = _related_pair(3, n=60)
   x = x + 1e3
   got = sim.linear_cka(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
-  np.testing.assert_allclose(float(got), np_linear_cka(x, y), rtol=1e-4)
+  np.testing.assert_allclose(float(got), references.linear_cka(x, y),
+                             rtol=1e-4)
 
 
 def test_rbf_sigma_scale_matches_reference():
@@ -393,7 +375,7 @@ def test_linear_dataset_cka_is_independent_of_batch_size():
   x = x + 5.0  # an offset the merge must handle
   data = np.concatenate([x, y], 1).astype(np.float32)
   fx, fy = _split_features(x.shape[1])
-  expected = np_linear_cka(data[:, :12], data[:, 12:] ** 2)
+  expected = references.linear_cka(data[:, :12], data[:, 12:] ** 2)
   values = [float(sim.dataset_cka(fx, fy, data, batch_size=b))
             for b in (7, 16, 50)]
   np.testing.assert_allclose(values, expected, rtol=2e-5)
@@ -407,7 +389,8 @@ def test_linear_accumulator_merge_and_mask():
   a = acc.update(s0, x[:10], y[:10])
   b = acc.update(acc.update(s0, x[10:20], y[10:20]), x[20:], y[20:])
   merged = acc.finalize(acc.merge(a, b))
-  np.testing.assert_allclose(float(merged), np_linear_cka(x, y), rtol=1e-5)
+  np.testing.assert_allclose(float(merged), references.linear_cka(x, y),
+                             rtol=1e-5)
   # Merging with an empty state is a no-op.
   np.testing.assert_allclose(float(acc.finalize(acc.merge(s0, a))),
                              float(acc.finalize(a)), rtol=1e-6)
@@ -417,7 +400,7 @@ def test_linear_accumulator_merge_and_mask():
   s = acc.update(acc.merge(a, acc.update(s0, x[10:20], y[10:20])), pad_x,
                  pad_y, mask=jnp.asarray(np.arange(10) < 5))
   np.testing.assert_allclose(float(acc.finalize(s)),
-                             np_linear_cka(x[:25], y[:25]), rtol=1e-5)
+                             references.linear_cka(x[:25], y[:25]), rtol=1e-5)
   assert float(s.count) == 25
 
 
