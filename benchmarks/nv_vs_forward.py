@@ -13,7 +13,10 @@ Three compiled programs over the same N × T transformed MNIST-shaped images
 The programs run in turn, ``--repeats`` rounds. Reports median wall times
 and the medians over rounds of the ratios measure/forward, measure/floor
 and combined/measure (and pallas/forward, with its largest deviation from
-NV), and each program's minor page faults per call.
+NV), and each program's minor page faults per call. On CPU the measure's
+unit reduce runs in one loop below ``program.LONG_RUN`` orbit images
+(N · T; 2^15) and in ``program.LONG_RUN_LOOPS`` loops from there: the script
+says which (``--n 2048`` at T = 16 is the smallest long run).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import invjax
 from invjax import measures as ms
 from invjax import models
 from invjax import transforms as tr
+from invjax._src import program
 
 
 def time_in_turn(fns: dict, repeats: int,
@@ -127,6 +131,9 @@ def main():
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"N={args.n}, T={args.t}, batch={b}, layers={layers}, "
         f"{args.repeats} rounds in turn (medians)")
+  loops = program.reduce_loops(args.n * args.t)
+  print(f"unit reduce: {loops} loop{'s' * (loops > 1)} "
+        f"(N·T = {args.n * args.t}; a long run from {program.LONG_RUN})")
   print(f"forward  {med['forward'] * 1e3:9.1f} ms")
   print(f"floor    {med['floor'] * 1e3:9.1f} ms  "
         "(forward + one read of every tap)")

@@ -248,12 +248,13 @@ def _alone(m: base.Measure, x, ident, mask):
   return m.finalize(state, spec)
 
 
-def _side_by_side(m: base.Measure, layers, block):
+def _side_by_side(m: base.Measure, layers, block, loops):
   """Every layer's outputs from one state over all their units."""
   b, t = layers[0][0].shape[:2]
   specs = {f"l{i}": base.LayerSpec(f"l{i}", tuple(x.shape[2:]), x.dtype, t,
                                    t, b) for i, (x, _, _) in enumerate(layers)}
-  lay = units.layout(list(specs), specs, block)
+  lay = units.layout(list(specs), specs, block, loops)
+  assert len(units.loop_groups(lay)) == loops
   state = units.widen(m.init(units.flat_spec(specs["l0"], lay)), lay.capacity,
                       m.name)
   for p in range(m.requires.passes):
@@ -273,10 +274,14 @@ UNITWISE = [c for c in CASES if FACTORIES[c[0]](**c[1]).unitwise is not None]
 
 
 # 8-unit blocks: the 18-unit layer is cut at 0, 8 and 10 (its last block
-# overlaps), the 5-unit one is padded to 8 past the end of the units.
-@pytest.mark.parametrize("block", [0, 8], ids=["by_layer", "blocks"])
+# overlaps), the 5-unit one is padded to 8 past the end of the units. In two
+# loops (a long run's), one per layer: the first loop's state slice ends
+# where the second's begins. One loop over the blocks is what every other
+# test of a measurement on CPU runs.
+@pytest.mark.parametrize("block, loops", [(0, 1), (8, 2)],
+                         ids=["by_layer", "blocks_in_two_loops"])
 @pytest.mark.parametrize("case", UNITWISE, ids=_id)
-def test_unitwise_layers_side_by_side_equal_each_alone(case, block):
+def test_unitwise_layers_side_by_side_equal_each_alone(case, block, loops):
   name, kw = case
   m = FACTORIES[name](**kw)
   x, ident = _data()
@@ -288,7 +293,7 @@ def test_unitwise_layers_side_by_side_equal_each_alone(case, block):
   all_in = jnp.ones((B,), bool)
   some_out = all_in.at[jnp.array([1, 6])].set(False)
   layers = [(x, ident, all_in), (y, y_ident, some_out)]
-  joined = jax.jit(lambda: _side_by_side(m, layers, block))()
+  joined = jax.jit(lambda: _side_by_side(m, layers, block, loops))()
   for i, (xi, ii, mask) in enumerate(layers):
     alone = _alone(m, xi, ii, mask)
     assert set(joined[f"l{i}"]) == set(alone)
@@ -318,6 +323,19 @@ def test_unit_blocks_cover_every_unit_in_order(sizes):
       assert at == offset + start and start + u <= max(f, u)
       covered[start:start + u] = True
     assert covered[:f].all(), f"layer {i}: units left out"
+
+
+@pytest.mark.parametrize("sizes, loops, want", [
+    ((10, 12, 10, 12), 2, [2, 2]), ((10, 12, 10, 12), 3, [1, 2, 1]),
+    ((100, 1, 1, 1), 3, [1, 3]), ((5, 7), 3, [1, 1]), ((4, 6, 8), 1, [3])])
+def test_loop_groups_are_runs_of_about_equal_units(sizes, loops, want):
+  specs = {f"l{i}": base.LayerSpec(f"l{i}", (f,), jnp.float32, 4, 4, 8)
+           for i, f in enumerate(sizes)}
+  groups = units.loop_groups(units.layout(list(specs), specs, 4, loops))
+  # Consecutive runs covering every layer once; a layer of more than a
+  # run's share of the units makes fewer runs.
+  assert [len(g) for g in groups] == want
+  assert [i for g in groups for i in g] == list(range(len(sizes)))
 
 
 def test_unitwise_covers_the_variance_anova_and_goodfellow_families():

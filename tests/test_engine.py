@@ -17,6 +17,7 @@ import invjax
 from invjax import measures as ms
 from invjax import transforms as tr
 from invjax._src import plan
+from invjax._src import program
 
 
 def _model(x):
@@ -419,6 +420,45 @@ def test_transform_chunk_equals_unchunked_to_round_off():
   for k in ("numerator", "denominator"):
     np.testing.assert_allclose(chunked.extras["a"][k], whole.extras["a"][k],
                                rtol=2e-5, atol=1e-9)
+
+
+def test_a_long_run_reduces_in_loops_bit_equal_to_one_loop(monkeypatch):
+  # Layers of 432, 1152, 288 and 10 units: blocked on CPU (512 units), and
+  # split into three loops by layer order when the run counts as long.
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(3, 8)), jnp.float32)
+
+  def fn(im):
+    h = jnp.tanh(im @ w)                                    # (B, 12, 12, 8)
+    pool = h.reshape(h.shape[0], 6, 2, 6, 2, 8).mean((2, 4))
+    return {"pix": im, "h": h, "pool": pool,
+            "out": pool.reshape(pool.shape[0], -1)[:, :10]}
+
+  x = np.random.default_rng(0).uniform(size=(20, 12, 12, 3)).astype(
+      np.float32)
+  y = np.arange(20) % 2
+  measures = [ms.normalized_variance(), ms.anova_f(), ms.goodfellow(),
+              ms.normalized_variance_same_equivariance()]
+  run = lambda: invjax.measure(fn, x, tr.rot90(), measures, labels=y,
+                               stratify=True, batch_size=8)
+  if jax.default_backend() != "cpu":
+    pytest.skip("accelerators reduce each layer whole")
+  monkeypatch.setattr(plan, "PROGRAMS", {})
+  one = run()
+  assert {p.loops for p in _plans()} == {1}      # 80 orbit images: short
+  monkeypatch.setattr(program, "LONG_RUN", 80)
+  looped = run()
+  assert {p.loops for p in _plans()} == {1, program.LONG_RUN_LOOPS}
+  for a, b in zip(one, looped):
+    for c in (None, 0, 1):
+      ra = a if c is None else a.per_class[c]
+      rb = b if c is None else b.per_class[c]
+      for l in ra.layers:
+        np.testing.assert_array_equal(ra.per_activation[l],
+                                      rb.per_activation[l], err_msg=l)
+
+
+def _plans():
+  return [p.plan for p in plan.PROGRAMS.values()]
 
 
 def test_channels_first_and_unscaled_images_warn():

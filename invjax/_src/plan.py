@@ -253,16 +253,21 @@ def prepare(activations, images, transformations, measures, *, batch_size,
   has_labels = (labels is not None if isinstance(source, sources.ArraySource)
                 else source.has_labels)
   num_classes = len(classes) if stratify else 0
+  batches = (source.num_batches if isinstance(source, sources.StreamSource)
+             else None)
+  orbit_images = n * num_t if n is not None else (
+      None if batches is None else batches * b * num_t)
+  loops = program.reduce_loops(orbit_images, mesh)
   plan = program.Plan(acts, transformations, measures, names, specs, spatial,
                       b, tc, nc, (h, w), num_classes, mesh,
                       any(m.requires.untransformed for m in measures),
-                      has_labels)
+                      has_labels, loops)
   # Everything the traced programs close over: a new image or layer shape
   # must build new programs, not retrace the old ones.
   key = (acts.key, transformations.action, tuple(m.key for m in measures),
          tuple((l, specs[l].shape, str(specs[l].dtype)) for l in names),
          (h, w, c), str(dtype), num_t, b, tc, nc, num_classes, mesh,
-         has_labels, acts.members)
+         has_labels, acts.members, loops)
   programs = PROGRAMS.get(key)
   if programs is None:
     programs = PROGRAMS[key] = program.Programs(plan)

@@ -42,6 +42,26 @@ def row_major(x: jax.Array) -> jax.Array:
 UNIT_BLOCK = 512
 
 
+# A measurement of at least LONG_RUN orbit images (N × T) reduces the blocks
+# in LONG_RUN_LOOPS loops by layer order (`units.loop_groups`): the loop over
+# the first layers' blocks runs on a second core while the forward pass
+# computes the last layers. Each loop compiles its own kernels, which only a
+# long run repays. SimpleConv, 2 CPU cores (benchmarks/results/cpu.md): NV's
+# steady state 1.45× → 1.24× the forward pass's, its compile 2.0× → 3.6× the
+# forward's (NV + ANOVA + Goodfellow 4.3× → 8.0×); 2^15 orbit images at
+# 28 × 28 take about 20 s of forward passes there.
+LONG_RUN = 1 << 15
+LONG_RUN_LOOPS = 3
+
+
+def reduce_loops(orbit_images: int | None, mesh=None) -> int:
+  """The ``loops`` of `units.layout`: `LONG_RUN_LOOPS` where the blocks are
+  reduced (`unit_block`) and the run holds at least `LONG_RUN` orbit images
+  (None: a stream of unknown length, taken as long), else 1."""
+  long_run = orbit_images is None or orbit_images >= LONG_RUN
+  return LONG_RUN_LOOPS if long_run and unit_block(mesh) else 1
+
+
 def unit_block(mesh=None) -> int:
   """The ``block`` of `units.layout`: `UNIT_BLOCK` on one CPU device, else 0
   (each layer whole: accelerators pay a launch per block, and a mesh's
@@ -54,7 +74,8 @@ class Plan:
   """Everything static about one set of compiled measure programs."""
 
   def __init__(self, acts, ts, measures, layers, specs, spatial, b, tc, nc,
-               input_hw, num_classes, mesh, need_untransformed, has_labels):
+               input_hw, num_classes, mesh, need_untransformed, has_labels,
+               loops=1):
     self.acts, self.ts, self.measures = acts, ts, measures
     self.layers, self.specs, self.spatial = layers, specs, spatial
     self.b, self.tc, self.nc = b, tc, nc
@@ -62,6 +83,7 @@ class Plan:
     self.mesh = mesh
     self.need_untransformed = need_untransformed
     self.has_labels = has_labels
+    self.loops = loops                  # `reduce_loops`
     self.members = acts.members         # None, or K ensemble members
     self.num_passes = max(m.requires.passes for m in measures)
 
@@ -71,11 +93,12 @@ class Plan:
 
   def unit_layout(self, m: base.Measure) -> units.Layout | None:
     """The shared unit axis of a unit-wise measure's layers (reduced in
-    blocks of `unit_block` units), else None."""
+    blocks of `unit_block` units, in ``self.loops`` loops), else None."""
     layers = self.layers_for(m)
     if m.unitwise is None or not layers:
       return None
-    return units.layout(layers, self.specs, unit_block(self.mesh))
+    return units.layout(layers, self.specs, unit_block(self.mesh),
+                        self.loops)
 
 
 def build_program(plan: Plan):
@@ -380,6 +403,7 @@ class Programs:
   """
 
   def __init__(self, plan: Plan):
+    self.plan = plan
     self._fns = build_program(plan)
     self._steps, self._ends = {}, {}
     self._mesh = mesh = plan.mesh

@@ -13,6 +13,9 @@ distinct kernel, and these were half of a measure program's kernels
 (benchmarks/results/compile_time_cpu.md). A layer of fewer than U units is
 one block, padded; the state has room for its padding after its units
 (`Layout.capacity`), and a later block writes over the padding's partials.
+A long run splits the loop into a few, each over consecutive layers
+(`Layout.loops`, `loop_groups`), so that the first layers' blocks are
+reduced while the forward pass computes the last ones.
 Accelerators reduce each layer whole: a loop of small kernels there would
 cost a launch (and on GPUs a host round trip) per block.
 """
@@ -38,6 +41,7 @@ class Layout(NamedTuple):
   total: int                  # Σ F_l
   block: int = 0              # U: reduce in blocks of U units; 0: by layer
   capacity: int = 0           # units in the state: total + room to pad
+  loops: int = 1              # the blocks in this many loops, by layer order
 
   def slices(self):
     """(layer, offset, size) for each layer, in order."""
@@ -45,9 +49,11 @@ class Layout(NamedTuple):
 
 
 def layout(layers: Sequence[str], specs: dict[str, base.LayerSpec],
-           block: int = 0) -> Layout:
+           block: int = 0, loops: int = 1) -> Layout:
   """The layers' units side by side; ``block``: reduce in blocks of at most
-  that many units (0, or layers all of one size: a reduce per layer)."""
+  that many units (0, or layers all of one size: a reduce per layer);
+  ``loops``: that many loops over the blocks, each over consecutive layers
+  (at most one per layer; see `loop_groups`)."""
   sizes = tuple(math.prod(specs[l].shape) for l in layers)
   offsets = tuple(sum(sizes[:i]) for i in range(len(sizes)))
   total = sum(sizes)
@@ -57,7 +63,8 @@ def layout(layers: Sequence[str], specs: dict[str, base.LayerSpec],
   block = min(block, max(sizes))
   capacity = max([total] + [o + block for o, f in zip(offsets, sizes)
                             if f < block])
-  return Layout(tuple(layers), sizes, offsets, total, block, capacity)
+  loops = max(1, min(loops, len(layers))) if block else 1
+  return Layout(tuple(layers), sizes, offsets, total, block, capacity, loops)
 
 
 def flat_spec(spec: base.LayerSpec, lay: Layout) -> base.LayerSpec:
@@ -160,12 +167,51 @@ def block_table(lay: Layout) -> np.ndarray:
   return np.array(rows, np.int32).reshape(-1, 3)
 
 
+def loop_groups(lay: Layout) -> list[range]:
+  """``lay.loops`` runs of consecutive layers (indices), of about equal
+  units each; fewer where a layer holds more than a run's share."""
+  ends = np.cumsum(lay.sizes)
+  cuts = {int(np.argmin(np.abs(ends - lay.total * g / lay.loops))) + 1
+          for g in range(1, lay.loops)}
+  cuts = sorted(c for c in cuts if 0 < c < len(lay.sizes))
+  bounds = [0] + cuts + [len(lay.sizes)]
+  return [range(a, z) for a, z in zip(bounds, bounds[1:])]
+
+
 def _reduce_blocks(jobs: Sequence[Job], lay: Layout,
                    blocks: dict[str, base.Block]) -> list[Any]:
-  """Every job's partials over all layers from one loop over their blocks
-  of U units (each block cut once, for all jobs)."""
-  u = lay.block
-  tiles = [blocks[l] for l in lay.layers]
+  """Every job's partials over all layers from loops over their blocks of
+  U units (each block cut once, for all jobs).
+
+  One loop per run of layers (`loop_groups`), each over its own layers'
+  taps only: XLA:CPU runs an operation once its operands are ready, so the
+  loop over the first layers' blocks can run on one core while the forward
+  pass computes the last layers on the other. One loop would wait for the
+  whole forward pass; each loop compiles its own kernels.
+  """
+  table = block_table(lay)
+  pieces = []
+  for group in loop_groups(lay):
+    rows = table[(table[:, 0] >= group.start) & (table[:, 0] < group.stop)]
+    first = lay.offsets[group.start]
+    end = (lay.offsets[group.stop] if group.stop < len(lay.layers)
+           else lay.capacity)
+    # A padded block spills its junk partials past the run's last layer,
+    # onto units the next run writes: kept in this run's room, cut off.
+    room = max(end, int(rows[:, 2].max()) + lay.block) - first
+    local = rows - np.array([group.start, 0, first], np.int32)
+    parts = _block_loop(jobs, lay.block, [blocks[lay.layers[i]] for i in group],
+                        [lay.sizes[i] for i in group], local, first, room)
+    pieces.append([take(p, 0, end - first) for p in parts])
+  return [join(list(p)) for p in zip(*pieces)]
+
+
+def _block_loop(jobs: Sequence[Job], u: int, tiles: Sequence[base.Block],
+                sizes: Sequence[int], table: np.ndarray, first: int,
+                room: int) -> list[Any]:
+  """Every job's partials over ``room`` units from ``first`` of the state,
+  from one loop over the blocks in ``table`` (rows of `block_table`, their
+  layers indexing ``tiles`` and their state units counted from first)."""
 
   def source(tile: base.Block, size: int):
     """The branch that cuts U units from this layer (or pads it to U)."""
@@ -179,8 +225,8 @@ def _reduce_blocks(jobs: Sequence[Job], lay: Layout,
               tile.mask)
     return cut
 
-  branches = [source(t, f) for t, f in zip(tiles, lay.sizes)]
-  table = jnp.asarray(block_table(lay))
+  branches = [source(t, f) for t, f in zip(tiles, sizes)]
+  table = jnp.asarray(table)
 
   def partials(i):
     layer, start, at = table[i, 0], table[i, 1], table[i, 2]
@@ -191,7 +237,8 @@ def _reduce_blocks(jobs: Sequence[Job], lay: Layout,
         block = tiles[0]._replace(x=x, untransformed=untransformed,
                                   mask=mask, pass_index=job.pass_index)
         units = jax.tree.map(
-            lambda v: jax.lax.dynamic_slice_in_dim(v, at, u, -1), job.state)
+            lambda v: jax.lax.dynamic_slice_in_dim(v, first + at, u, -1),
+            job.state)
         parts.append(widen(job.reduce(units, block), u, job.name))
     return parts, at
 
@@ -203,7 +250,7 @@ def _reduce_blocks(jobs: Sequence[Job], lay: Layout,
 
   shapes, _ = jax.eval_shape(partials, 0)
   joined = jax.tree.map(
-      lambda v: jnp.zeros(v.shape[:-1] + (lay.capacity,), v.dtype), shapes)
+      lambda v: jnp.zeros(v.shape[:-1] + (room,), v.dtype), shapes)
   return jax.lax.fori_loop(0, table.shape[0], body, joined)
 
 
