@@ -56,9 +56,11 @@ LONG_RUN_LOOPS = 3
 
 def reduce_loops(orbit_images: int | None, mesh=None) -> int:
   """The ``loops`` of `units.layout`: `LONG_RUN_LOOPS` where the blocks are
-  reduced (`unit_block`) and the run holds at least `LONG_RUN` orbit images
-  (None: a stream of unknown length, taken as long), else 1."""
-  long_run = orbit_images is None or orbit_images >= LONG_RUN
+  reduced (`unit_block`) and the run holds at least `LONG_RUN` orbit images,
+  else 1. None (a batch source without ``len()``) counts as short: the
+  compile time is paid before the length is known, and a source that knows
+  its length can say so."""
+  long_run = orbit_images is not None and orbit_images >= LONG_RUN
   return LONG_RUN_LOOPS if long_run and unit_block(mesh) else 1
 
 
