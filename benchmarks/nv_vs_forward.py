@@ -34,6 +34,7 @@ import invjax
 from invjax import measures as ms
 from invjax import models
 from invjax import transforms as tr
+from invjax._src import plan
 from invjax._src import program
 
 
@@ -131,9 +132,10 @@ def main():
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"N={args.n}, T={args.t}, batch={b}, layers={layers}, "
         f"{args.repeats} rounds in turn (medians)")
-  loops = program.reduce_loops(args.n * args.t)
-  print(f"unit reduce: {loops} loop{'s' * (loops > 1)} "
-        f"(N·T = {args.n * args.t}; a long run from {program.LONG_RUN})")
+  # What the engine's programs ran with, not a second derivation of it.
+  loops = sorted({p.plan.loops for p in plan.PROGRAMS.values()})
+  print(f"unit reduce loops: {loops} (N·T = {args.n * args.t}; a long run "
+        f"from {program.LONG_RUN})")
   print(f"forward  {med['forward'] * 1e3:9.1f} ms")
   print(f"floor    {med['floor'] * 1e3:9.1f} ms  "
         "(forward + one read of every tap)")

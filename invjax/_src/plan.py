@@ -253,10 +253,12 @@ def prepare(activations, images, transformations, measures, *, batch_size,
   has_labels = (labels is not None if isinstance(source, sources.ArraySource)
                 else source.has_labels)
   num_classes = len(classes) if stratify else 0
-  batches = (source.num_batches if isinstance(source, sources.StreamSource)
-             else None)
-  orbit_images = n * num_t if n is not None else (
-      None if batches is None else batches * b * num_t)
+  if n is not None:
+    orbit_images = n * num_t
+  elif source.num_batches is not None:       # a stream with len()
+    orbit_images = source.num_batches * b * num_t
+  else:
+    orbit_images = None
   loops = program.reduce_loops(orbit_images, mesh)
   plan = program.Plan(acts, transformations, measures, names, specs, spatial,
                       b, tc, nc, (h, w), num_classes, mesh,
